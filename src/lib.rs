@@ -1,0 +1,7 @@
+//! coda-asr: local speech-to-text with Whisper in candle, built so that conditional adapters
+//! (CoDA) can replace encoder layers and cut the encoder's cost at run time.
+
+pub mod audio;
+pub mod mel;
+pub mod model;
+pub mod transcribe;

@@ -1,0 +1,146 @@
+//! Whisper's text decoder with a self-attention KV cache and cross-attention keys/values
+//! computed once per audio window (not once per token).
+
+use super::config::WhisperConfig;
+use super::layers::{attention, causal_mask, fused_linear, layer_norm, linear, merge_heads, split_heads, Mlp};
+use anyhow::{ensure, Result};
+use candle_core::{Module, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+struct DecoderLayer {
+    self_ln: LayerNorm,
+    self_qkv: Linear,
+    self_out: Linear,
+    cross_ln: LayerNorm,
+    cross_q: Linear,
+    cross_kv: Linear,
+    cross_out: Linear,
+    mlp: Mlp,
+}
+
+/// Keys and values of one layer, split into heads: [batch, heads, positions, dh].
+#[derive(Clone)]
+struct KeyValues {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// Decoding state for one window: the cross-attention K/V of its audio and the growing
+/// self-attention cache.
+#[derive(Clone)]
+pub struct DecoderState {
+    cross: Vec<KeyValues>,
+    cache: Vec<Option<KeyValues>>,
+    /// Tokens already run through the decoder (the next position).
+    pub position: usize,
+}
+
+pub struct Decoder {
+    embedding: Tensor,
+    positions: Tensor,
+    layers: Vec<DecoderLayer>,
+    ln: LayerNorm,
+    heads: usize,
+    d: usize,
+    pub max_positions: usize,
+    pub vocab_size: usize,
+}
+
+impl Decoder {
+    pub fn load(vb: VarBuilder, cfg: &WhisperConfig) -> Result<Self> {
+        let d = cfg.d_model;
+        let layers = (0..cfg.decoder_layers)
+            .map(|i| {
+                let vb = vb.pp(format!("layers.{i}"));
+                let sa = vb.pp("self_attn");
+                let ca = vb.pp("encoder_attn");
+                Ok(DecoderLayer {
+                    self_ln: layer_norm(vb.pp("self_attn_layer_norm"), d)?,
+                    self_qkv: fused_linear(&sa, &["q_proj", "k_proj", "v_proj"], &["k_proj"], d, d)?,
+                    self_out: linear(sa.pp("out_proj"), d, d)?,
+                    cross_ln: layer_norm(vb.pp("encoder_attn_layer_norm"), d)?,
+                    cross_q: linear(ca.pp("q_proj"), d, d)?,
+                    cross_kv: fused_linear(&ca, &["k_proj", "v_proj"], &["k_proj"], d, d)?,
+                    cross_out: linear(ca.pp("out_proj"), d, d)?,
+                    mlp: Mlp::load(&vb, d, cfg.decoder_ffn(), "final_layer_norm")?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embedding: vb.get((cfg.vocab_size, d), "embed_tokens.weight")?,
+            positions: vb.get((cfg.max_target_positions, d), "embed_positions.weight")?,
+            layers,
+            ln: layer_norm(vb.pp("layer_norm"), d)?,
+            heads: cfg.decoder_attention_heads,
+            d,
+            max_positions: cfg.max_target_positions,
+            vocab_size: cfg.vocab_size,
+        })
+    }
+
+    /// Prepare a state for the encoded audio [batch, frames, d]: cross K/V once per window.
+    pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
+        let d = self.d;
+        let cross = self
+            .layers
+            .iter()
+            .map(|l| {
+                let kv = l.cross_kv.forward(audio)?;
+                Ok(KeyValues {
+                    k: split_heads(&kv.narrow(2, 0, d)?, self.heads)?,
+                    v: split_heads(&kv.narrow(2, d, d)?, self.heads)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(DecoderState { cross, cache: vec![None; self.layers.len()], position: 0 })
+    }
+
+    /// Run `tokens` (shape [batch, t]) after what the state already holds; returns the final
+    /// hidden states [batch, t, d] (before the vocabulary projection).
+    pub fn forward(&self, tokens: &Tensor, state: &mut DecoderState) -> Result<Tensor> {
+        let (_, t) = tokens.dims2()?;
+        let past = state.position;
+        ensure!(past + t <= self.max_positions, "decoder context of {} tokens exceeded", self.max_positions);
+        let d = self.d;
+        let mut x = self.embedding.embedding(&tokens.flatten_all()?)?.reshape((tokens.dim(0)?, t, d))?;
+        x = x.broadcast_add(&self.positions.narrow(0, past, t)?)?;
+        let mask = if t > 1 { Some(causal_mask(t, past, x.device())?) } else { None };
+        for (layer, (cache, cross)) in self.layers.iter().zip(state.cache.iter_mut().zip(&state.cross)) {
+            let qkv = layer.self_qkv.forward(&layer.self_ln.forward(&x)?)?;
+            let q = split_heads(&qkv.narrow(2, 0, d)?, self.heads)?;
+            let k_new = split_heads(&qkv.narrow(2, d, d)?, self.heads)?;
+            let v_new = split_heads(&qkv.narrow(2, 2 * d, d)?, self.heads)?;
+            let kv = match cache.take() {
+                Some(c) => KeyValues { k: Tensor::cat(&[&c.k, &k_new], 2)?, v: Tensor::cat(&[&c.v, &v_new], 2)? },
+                None => KeyValues { k: k_new, v: v_new },
+            };
+            let a = attention(&q, &kv.k, &kv.v, mask.as_ref())?;
+            *cache = Some(kv);
+            x = (&x + layer.self_out.forward(&merge_heads(&a)?)?)?;
+            let q = split_heads(&layer.cross_q.forward(&layer.cross_ln.forward(&x)?)?, self.heads)?;
+            let a = attention(&q, &cross.k, &cross.v, None)?;
+            x = (&x + layer.cross_out.forward(&merge_heads(&a)?)?)?;
+            x = (&x + layer.mlp.forward(&x)?)?;
+        }
+        state.position += t;
+        Ok(self.ln.forward(&x)?)
+    }
+
+    /// Vocabulary logits for hidden states [rows, d] → [rows, vocab] (tied to the embedding).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.matmul(&self.embedding.t()?)?)
+    }
+
+    /// Drop the self-attention cache back to `position` tokens (used when a decode restarts
+    /// from the same prompt).
+    pub fn truncate(&self, state: &mut DecoderState, position: usize) -> Result<()> {
+        for c in state.cache.iter_mut() {
+            if let Some(kv) = c.as_mut() {
+                kv.k = kv.k.narrow(2, 0, position)?;
+                kv.v = kv.v.narrow(2, 0, position)?;
+            }
+        }
+        state.position = position;
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! Whisper's audio encoder: conv stem, sinusoidal positions, a stack of layers, final norm.
+//!
+//! Each layer is an [`EncoderBlock`], so a layer can be dense (the pretrained transformer layer)
+//! or conditional (CoDA: a router picks which frames go through the heavy layer). The
+//! reduction factor travels with each call in [`EncodeOptions`], so it can change between
+//! calls without reloading anything.
+
+use super::layers::{attention, fused_linear, layer_norm, linear, merge_heads, split_heads, Gelu, Mlp};
+use super::config::WhisperConfig;
+use anyhow::{ensure, Result};
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-call options for the encoder.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    /// Reduction factor r: a conditional layer sends ceil(n / r) frames through its heavy
+    /// branch. 1 means dense. Dense layers ignore it.
+    pub reduction: f64,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self { reduction: 1.0 }
+    }
+}
+
+/// What one encoder call spent. Shared by the CLI's JSON, `eval` and the live monitor so that
+/// every number a user sees is computed once, here.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EncodeStats {
+    /// Frames entering the layer stack (after the stride-2 conv).
+    pub frames: usize,
+    /// Frames that went through each layer's heavy (pretrained) branch.
+    pub heavy_frames: Vec<usize>,
+    /// Floating-point operations actually run (multiply-add = 2).
+    pub flops: f64,
+    /// What the dense encoder would have run on the same input.
+    pub dense_flops: f64,
+    pub ms: f64,
+}
+
+impl EncodeStats {
+    pub fn heavy_fraction(&self) -> Vec<f64> {
+        self.heavy_frames.iter().map(|&k| k as f64 / self.frames.max(1) as f64).collect()
+    }
+}
+
+/// FLOPs of one dense transformer layer on `n` frames of width `d` with MLP width `ffn`:
+/// q/k/v/out projections, the two attention matmuls, and the MLP.
+pub fn layer_flops(n: usize, d: usize, ffn: usize) -> f64 {
+    let (n, d, ffn) = (n as f64, d as f64, ffn as f64);
+    2.0 * n * (4.0 * d * d + 2.0 * d * ffn) + 4.0 * n * n * d
+}
+
+/// One encoder layer, dense or conditional.
+pub trait EncoderBlock: Send + Sync {
+    /// Map x [batch, frames, d] to the layer output, and report how many frames went through
+    /// the heavy branch and the FLOPs run.
+    fn forward(&self, x: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, BlockStats)>;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BlockStats {
+    pub heavy_frames: usize,
+    pub flops: f64,
+}
+
+/// A pretrained Whisper encoder layer: x + attn(ln(x)), then + mlp(ln(x)).
+#[derive(Debug, Clone)]
+pub struct DenseLayer {
+    pub attn_ln: LayerNorm,
+    pub qkv: Linear,
+    pub out: Linear,
+    pub mlp: Mlp,
+    pub heads: usize,
+    pub d: usize,
+    pub ffn: usize,
+}
+
+impl DenseLayer {
+    pub fn load(vb: VarBuilder, d: usize, heads: usize, ffn: usize) -> Result<Self> {
+        let attn = vb.pp("self_attn");
+        Ok(Self {
+            attn_ln: layer_norm(vb.pp("self_attn_layer_norm"), d)?,
+            qkv: fused_linear(&attn, &["q_proj", "k_proj", "v_proj"], &["k_proj"], d, d)?,
+            out: linear(attn.pp("out_proj"), d, d)?,
+            mlp: Mlp::load(&vb, d, ffn, "final_layer_norm")?,
+            heads,
+            d,
+            ffn,
+        })
+    }
+
+    /// The full layer on all frames of x; attention sees exactly the frames given.
+    pub fn run(&self, x: &Tensor) -> Result<Tensor> {
+        let d = self.d;
+        let qkv = self.qkv.forward(&self.attn_ln.forward(x)?)?;
+        let q = split_heads(&qkv.narrow(2, 0, d)?, self.heads)?;
+        let k = split_heads(&qkv.narrow(2, d, d)?, self.heads)?;
+        let v = split_heads(&qkv.narrow(2, 2 * d, d)?, self.heads)?;
+        let a = self.out.forward(&merge_heads(&attention(&q, &k, &v, None)?)?)?;
+        let x = (x + a)?;
+        Ok((&x + self.mlp.forward(&x)?)?)
+    }
+
+    pub fn set_gelu(&mut self, gelu: Gelu) {
+        self.mlp.gelu = gelu;
+    }
+}
+
+impl EncoderBlock for DenseLayer {
+    fn forward(&self, x: &Tensor, _opts: &EncodeOptions) -> Result<(Tensor, BlockStats)> {
+        let n = x.dim(1)?;
+        let b = x.dim(0)?;
+        let flops = b as f64 * layer_flops(n, self.d, self.ffn);
+        Ok((self.run(x)?, BlockStats { heavy_frames: n, flops }))
+    }
+}
+
+pub struct Encoder {
+    conv1: Conv1d,
+    conv2: Conv1d,
+    positions: Tensor,
+    /// Pretrained layers, kept so conditional layers can wrap them.
+    pub dense_layers: Vec<Arc<DenseLayer>>,
+    /// The layers actually run; dense by default.
+    pub layers: Vec<Arc<dyn EncoderBlock>>,
+    ln_post: LayerNorm,
+    gelu: Gelu,
+    pub d: usize,
+    pub n_mels: usize,
+    pub max_frames: usize,
+    ffn: usize,
+}
+
+impl Encoder {
+    pub fn load(vb: VarBuilder, cfg: &WhisperConfig) -> Result<Self> {
+        let d = cfg.d_model;
+        let conv = |stride| Conv1dConfig { padding: 1, stride, ..Default::default() };
+        let conv1 = candle_nn::conv1d(cfg.num_mel_bins, d, 3, conv(1), vb.pp("conv1"))?;
+        let conv2 = candle_nn::conv1d(d, d, 3, conv(2), vb.pp("conv2"))?;
+        let positions = vb.get((cfg.max_source_positions, d), "embed_positions.weight")?;
+        let dense_layers: Vec<Arc<DenseLayer>> = (0..cfg.encoder_layers)
+            .map(|i| DenseLayer::load(vb.pp(format!("layers.{i}")), d, cfg.encoder_attention_heads, cfg.encoder_ffn()).map(Arc::new))
+            .collect::<Result<_>>()?;
+        let layers = dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
+        Ok(Self {
+            conv1,
+            conv2,
+            positions,
+            dense_layers,
+            layers,
+            ln_post: layer_norm(vb.pp("layer_norm"), d)?,
+            gelu: Gelu::Exact,
+            d,
+            n_mels: cfg.num_mel_bins,
+            max_frames: cfg.max_source_positions,
+            ffn: cfg.encoder_ffn(),
+        })
+    }
+
+    /// Switch every dense layer and the stem to the given GELU (for comparisons only).
+    pub fn set_gelu(&mut self, gelu: Gelu) {
+        self.gelu = gelu;
+        self.dense_layers = self
+            .dense_layers
+            .iter()
+            .map(|l| {
+                let mut l = (**l).clone();
+                l.set_gelu(gelu);
+                Arc::new(l)
+            })
+            .collect();
+        self.layers = self.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
+    }
+
+    /// Conv stem and positions: mel [batch, n_mels, 2n] → [batch, n, d].
+    pub fn stem(&self, mel: &Tensor) -> Result<Tensor> {
+        let (_, n_mels, t) = mel.dims3()?;
+        ensure!(n_mels == self.n_mels, "mel has {n_mels} bins, the model wants {}", self.n_mels);
+        ensure!(t <= 2 * self.max_frames, "mel has {t} frames, the model takes at most {}", 2 * self.max_frames);
+        let x = self.gelu.apply(&self.conv1.forward(mel)?)?;
+        let x = self.gelu.apply(&self.conv2.forward(&x)?)?;
+        let x = x.transpose(1, 2)?;
+        let n = x.dim(1)?;
+        Ok(x.broadcast_add(&self.positions.narrow(0, 0, n)?)?)
+    }
+
+    pub fn stem_flops(&self, mel_frames: usize) -> f64 {
+        let n = mel_frames.div_ceil(2);
+        let (d, m) = (self.d as f64, self.n_mels as f64);
+        2.0 * mel_frames as f64 * m * 3.0 * d + 2.0 * n as f64 * d * 3.0 * d
+    }
+
+    /// Encode mel [batch, n_mels, frames] (frames ≤ 3000; fewer is allowed) → [batch, n, d].
+    pub fn forward(&self, mel: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, EncodeStats)> {
+        let start = Instant::now();
+        let b = mel.dim(0)? as f64;
+        let mut x = self.stem(mel)?;
+        let n = x.dim(1)?;
+        let stem = b * self.stem_flops(mel.dim(2)?);
+        let mut stats = EncodeStats { frames: n, flops: stem, dense_flops: stem, ..Default::default() };
+        for layer in &self.layers {
+            let (y, s) = layer.forward(&x, opts)?;
+            x = y;
+            stats.heavy_frames.push(s.heavy_frames);
+            stats.flops += s.flops;
+            stats.dense_flops += b * layer_flops(n, self.d, self.ffn);
+        }
+        let x = self.ln_post.forward(&x)?;
+        stats.ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok((x, stats))
+    }
+}

@@ -1,0 +1,111 @@
+//! Building blocks shared by the encoder and decoder: fused projections, exact GELU, and
+//! multi-head attention over [batch, frames, d] tensors.
+
+use anyhow::{ensure, Result};
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+/// Layer norm as Whisper uses it (eps 1e-5, with bias).
+pub fn layer_norm(vb: VarBuilder, d: usize) -> Result<LayerNorm> {
+    Ok(candle_nn::layer_norm(d, 1e-5, vb)?)
+}
+
+pub fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
+    Ok(candle_nn::linear(d_in, d_out, vb)?)
+}
+
+/// Several projections of the same input fused into one matrix, so one matmul computes them
+/// all. Projections named in `no_bias` (Whisper's `k_proj`) get a zero bias.
+pub fn fused_linear(vb: &VarBuilder, names: &[&str], no_bias: &[&str], d_in: usize, d_out: usize) -> Result<Linear> {
+    let mut weights = Vec::with_capacity(names.len());
+    let mut biases = Vec::with_capacity(names.len());
+    for name in names {
+        let sub = vb.pp(*name);
+        weights.push(sub.get((d_out, d_in), "weight")?);
+        biases.push(if no_bias.contains(name) {
+            Tensor::zeros(d_out, vb.dtype(), vb.device())?
+        } else {
+            sub.get(d_out, "bias")?
+        });
+    }
+    Ok(Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?)))
+}
+
+/// Which GELU an MLP applies. Whisper is trained with the exact (erf) form; the tanh form exists
+/// only to compare against implementations that use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Gelu {
+    #[default]
+    Exact,
+    Tanh,
+}
+
+impl Gelu {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Gelu::Exact => x.gelu_erf()?,
+            Gelu::Tanh => x.gelu()?,
+        })
+    }
+}
+
+/// Split [b, n, h*dh] into heads [b, h, n, dh], contiguous.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, d) = x.dims3()?;
+    ensure!(d % heads == 0, "width {d} not divisible by {heads} heads");
+    Ok(x.reshape((b, n, heads, d / heads))?.transpose(1, 2)?.contiguous()?)
+}
+
+/// Merge heads [b, h, n, dh] back to [b, n, h*dh].
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, n, dh) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.reshape((b, n, h * dh))?)
+}
+
+/// softmax(q kᵀ / sqrt(dh) + mask) v for heads-split tensors. The scale is applied to q, the
+/// smaller operand.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let dh = q.dim(D::Minus1)?;
+    let q = (q * (1.0 / (dh as f64).sqrt()))?;
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    Ok(weights.matmul(v)?)
+}
+
+/// Causal mask for `t` new queries appended after `past` cached positions: [t, past + t].
+pub fn causal_mask(t: usize, past: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let total = past + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, total), device)?.to_dtype(DType::F32)?)
+}
+
+/// Pre-norm MLP of a transformer layer: fc2(gelu(fc1(ln(x)))).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub ln: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub gelu: Gelu,
+}
+
+impl Mlp {
+    pub fn load(vb: &VarBuilder, d: usize, ffn: usize, ln_name: &str) -> Result<Self> {
+        Ok(Self {
+            ln: layer_norm(vb.pp(ln_name), d)?,
+            fc1: linear(vb.pp("fc1"), d, ffn)?,
+            fc2: linear(vb.pp("fc2"), ffn, d)?,
+            gelu: Gelu::Exact,
+        })
+    }
+
+    /// The residual update (without adding x).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward(&self.ln.forward(x)?)?;
+        Ok(self.fc2.forward(&self.gelu.apply(&h)?)?)
+    }
+}

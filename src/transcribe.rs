@@ -1,0 +1,567 @@
+//! Long-form transcription as openai/whisper does it: 30-second windows, greedy decoding with
+//! timestamps, seeking to the last complete timestamp, temperature fallback on repetitive or
+//! unlikely output, no-speech skipping and conditioning on the previous text.
+
+use crate::mel::{LogMel, MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
+use crate::model::{EncodeOptions, EncodeStats, WhisperModel};
+use anyhow::{bail, Result};
+use candle_core::{IndexOp, Tensor};
+use serde::Serialize;
+use std::io::Write;
+use std::time::Instant;
+
+/// Seconds per timestamp token step (<|0.00|>, <|0.02|>, ...).
+const TIME_PRECISION: f64 = 0.02;
+/// Mel frames per encoder frame (the conv stem has stride 2).
+const INPUT_STRIDE: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Transcribe,
+    Translate,
+}
+
+#[derive(Debug, Clone)]
+pub struct TranscribeOptions {
+    /// Language code; None detects it on the first window (multilingual models only).
+    pub language: Option<String>,
+    pub task: Task,
+    /// Tried in order until the output passes the checks below.
+    pub temperatures: Vec<f32>,
+    pub compression_ratio_threshold: Option<f32>,
+    pub logprob_threshold: Option<f32>,
+    pub no_speech_threshold: Option<f32>,
+    pub condition_on_previous_text: bool,
+    pub initial_prompt: Option<String>,
+    pub without_timestamps: bool,
+    /// The first timestamp may not be later than this (seconds).
+    pub max_initial_timestamp: f32,
+    pub encode: EncodeOptions,
+    pub seed: u64,
+}
+
+impl Default for TranscribeOptions {
+    fn default() -> Self {
+        Self {
+            language: None,
+            task: Task::Transcribe,
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: Some(2.4),
+            logprob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            condition_on_previous_text: true,
+            initial_prompt: None,
+            without_timestamps: false,
+            max_initial_timestamp: 1.0,
+            encode: EncodeOptions::default(),
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Segment {
+    pub id: usize,
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub temperature: f32,
+    pub avg_logprob: f64,
+    pub compression_ratio: f64,
+    pub no_speech_prob: f64,
+}
+
+/// Wall time per stage, in milliseconds, and the tokens decoded (fallback retries included).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub mel_ms: f64,
+    pub encoder_ms: f64,
+    pub decoder_ms: f64,
+    pub tokens: usize,
+    pub windows: usize,
+}
+
+impl Timings {
+    pub fn add(&mut self, other: &Timings) {
+        self.mel_ms += other.mel_ms;
+        self.encoder_ms += other.encoder_ms;
+        self.decoder_ms += other.decoder_ms;
+        self.tokens += other.tokens;
+        self.windows += other.windows;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Transcript {
+    pub text: String,
+    pub segments: Vec<Segment>,
+    pub language: String,
+    pub duration: f64,
+    pub timings: Timings,
+    pub encoder: EncodeStats,
+}
+
+/// One decode of one window at one temperature.
+#[derive(Debug, Clone)]
+struct DecodeResult {
+    tokens: Vec<u32>,
+    text: String,
+    avg_logprob: f64,
+    no_speech_prob: f64,
+    compression_ratio: f64,
+    temperature: f32,
+}
+
+/// The ratio openai uses to spot repetition loops: text bytes / zlib-compressed bytes.
+pub fn compression_ratio(text: &str) -> f64 {
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).expect("writing to memory");
+    let compressed = enc.finish().expect("writing to memory");
+    text.len() as f64 / compressed.len() as f64
+}
+
+/// A small deterministic generator for temperature sampling (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn log_softmax_in_place(v: &[f32]) -> Vec<f32> {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = v.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    v.iter().map(|&x| x - lse).collect()
+}
+
+fn logsumexp(v: &[f32]) -> f32 {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + v.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32
+}
+
+pub struct Transcriber<'m> {
+    pub model: &'m WhisperModel,
+    mel: MelFrontend,
+    /// Always suppressed: non-speech symbols from the config plus task/control tokens.
+    suppress: Vec<u32>,
+    /// Suppressed at the first sampled position (blank and end-of-text).
+    suppress_begin: Vec<u32>,
+}
+
+impl<'m> Transcriber<'m> {
+    pub fn new(model: &'m WhisperModel) -> Self {
+        let tok = &model.tokenizer;
+        let vocab = model.config.vocab_size as i64;
+        let mut suppress: Vec<u32> = model.config.suppress_tokens.iter().filter(|&&t| t >= 0 && t < vocab).map(|&t| t as u32).collect();
+        suppress.extend([tok.transcribe, tok.translate, tok.sot, tok.sot_prev]);
+        suppress.extend(tok.sot_lm);
+        suppress.extend(tok.no_speech);
+        suppress.sort_unstable();
+        suppress.dedup();
+        let mut suppress_begin: Vec<u32> =
+            model.config.begin_suppress_tokens.iter().filter(|&&t| t >= 0 && t < vocab).map(|&t| t as u32).collect();
+        if suppress_begin.is_empty() {
+            suppress_begin = tok.encode(" ").unwrap_or_default();
+            suppress_begin.push(tok.eot);
+        }
+        Self { model, mel: MelFrontend::new(model.config.num_mel_bins), suppress, suppress_begin }
+    }
+
+    pub fn log_mel(&self, audio: &[f32]) -> LogMel {
+        self.mel.compute(audio, CHUNK_SAMPLES)
+    }
+
+    /// Encode one mel window [n_mels, frames] → features [1, n, d].
+    pub fn encode_window(&self, window: &[f32], frames: usize, opts: &EncodeOptions) -> Result<(Tensor, EncodeStats)> {
+        let mel = Tensor::from_slice(window, (1, self.model.config.num_mel_bins, frames), &self.model.device)?;
+        self.model.encoder.forward(&mel, opts)
+    }
+
+    /// Transcribe 16 kHz mono audio. `progress` is called with the seconds done so far.
+    pub fn transcribe(&self, audio: &[f32], opts: &TranscribeOptions, progress: &mut dyn FnMut(f64)) -> Result<Transcript> {
+        let tok = &self.model.tokenizer;
+        let mut timings = Timings::default();
+        let t0 = Instant::now();
+        let mel = self.log_mel(audio);
+        timings.mel_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let content_frames = audio.len() / HOP_LENGTH;
+        let duration = audio.len() as f64 / SAMPLE_RATE as f64;
+        let mut rng = Rng(opts.seed ^ 0x5EED);
+        let mut encoder_total = EncodeStats::default();
+
+        let mut language = opts.language.clone();
+        if !self.model.config.is_multilingual() {
+            if let Some(l) = &language {
+                if l != "en" {
+                    bail!("model {} is English-only; --language {l} needs a multilingual model", self.model.name());
+                }
+            }
+            language = Some("en".into());
+        }
+
+        let mut all_tokens: Vec<u32> = Vec::new();
+        if let Some(prompt) = &opts.initial_prompt {
+            all_tokens.extend(tok.encode(&format!(" {}", prompt.trim()))?);
+        }
+        let mut prompt_reset_since = 0;
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut seek = 0usize;
+        while seek < content_frames {
+            let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+            let segment_size = CHUNK_FRAMES.min(content_frames - seek);
+            let window = mel.window(seek, CHUNK_FRAMES, 0.0);
+            let (features, stats) = self.encode_window(&window, CHUNK_FRAMES, &opts.encode)?;
+            timings.encoder_ms += stats.ms;
+            accumulate(&mut encoder_total, &stats);
+            timings.windows += 1;
+
+            let t_dec = Instant::now();
+            let lang = match &language {
+                Some(l) => l.clone(),
+                None => {
+                    let detected = self.detect_language(&features)?;
+                    language = Some(detected.clone());
+                    detected
+                }
+            };
+            let prompt = &all_tokens[prompt_reset_since..];
+            let result = self.decode_with_fallback(&features, prompt, &lang, opts, &mut rng, &mut timings.tokens)?;
+            timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+
+            if let Some(threshold) = opts.no_speech_threshold {
+                let mut skip = result.no_speech_prob > threshold as f64;
+                if let Some(lp) = opts.logprob_threshold {
+                    if result.avg_logprob > lp as f64 {
+                        skip = false;
+                    }
+                }
+                if skip {
+                    seek += segment_size;
+                    progress(seek as f64 * HOP_LENGTH as f64 / SAMPLE_RATE as f64);
+                    continue;
+                }
+            }
+
+            let previous_seek = seek;
+            let tokens = &result.tokens;
+            let is_ts: Vec<bool> = tokens.iter().map(|&t| tok.is_timestamp(t)).collect();
+            let single_timestamp_ending = is_ts.len() >= 2 && !is_ts[is_ts.len() - 2] && is_ts[is_ts.len() - 1];
+            let consecutive: Vec<usize> = (1..is_ts.len()).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
+            let mut new_segments: Vec<(f64, f64, Vec<u32>)> = Vec::new();
+            if !consecutive.is_empty() {
+                let mut slices = consecutive.clone();
+                if single_timestamp_ending {
+                    slices.push(tokens.len());
+                }
+                let mut last_slice = 0;
+                for &current in &slices {
+                    let sliced = &tokens[last_slice..current];
+                    let start = (sliced[0] - tok.timestamp_begin) as f64 * TIME_PRECISION;
+                    let end = (sliced[sliced.len() - 1] - tok.timestamp_begin) as f64 * TIME_PRECISION;
+                    new_segments.push((time_offset + start, time_offset + end, sliced.to_vec()));
+                    last_slice = current;
+                }
+                if single_timestamp_ending {
+                    seek += segment_size;
+                } else {
+                    let last_ts = (tokens[last_slice - 1] - tok.timestamp_begin) as usize;
+                    seek += last_ts * INPUT_STRIDE;
+                }
+            } else {
+                let mut seg_duration = segment_size as f64 * HOP_LENGTH as f64 / SAMPLE_RATE as f64;
+                if let Some(&last) = tokens.iter().rev().find(|&&t| tok.is_timestamp(t)) {
+                    if last != tok.timestamp_begin {
+                        seg_duration = (last - tok.timestamp_begin) as f64 * TIME_PRECISION;
+                    }
+                }
+                new_segments.push((time_offset, time_offset + seg_duration, tokens.clone()));
+                seek += segment_size;
+            }
+            // A window whose only timestamp pair sits at 0.00 would not move; never stall.
+            if seek <= previous_seek {
+                seek = previous_seek + segment_size;
+            }
+
+            for (start, end, seg_tokens) in new_segments {
+                let text = tok.decode_text(&seg_tokens)?;
+                all_tokens.extend(seg_tokens.iter().copied().filter(|&t| t < tok.eot || tok.is_timestamp(t)));
+                if start >= end || text.trim().is_empty() {
+                    continue;
+                }
+                segments.push(Segment {
+                    id: segments.len(),
+                    start,
+                    end: end.min(duration.max(start)),
+                    text,
+                    tokens: seg_tokens,
+                    temperature: result.temperature,
+                    avg_logprob: result.avg_logprob,
+                    compression_ratio: result.compression_ratio,
+                    no_speech_prob: result.no_speech_prob,
+                });
+            }
+            if !opts.condition_on_previous_text || result.temperature > 0.5 {
+                prompt_reset_since = all_tokens.len();
+            }
+            progress((seek.min(content_frames) * HOP_LENGTH) as f64 / SAMPLE_RATE as f64);
+        }
+        let text = segments.iter().map(|s| s.text.as_str()).collect::<String>().trim().to_string();
+        encoder_total.ms = timings.encoder_ms;
+        Ok(Transcript {
+            text,
+            segments,
+            language: language.unwrap_or_else(|| "en".into()),
+            duration,
+            timings,
+            encoder: encoder_total,
+        })
+    }
+
+    /// The most likely language token after <|startoftranscript|>.
+    pub fn detect_language(&self, features: &Tensor) -> Result<String> {
+        let tok = &self.model.tokenizer;
+        if tok.languages.is_empty() {
+            return Ok("en".into());
+        }
+        let dec = &self.model.decoder;
+        let mut state = dec.start(features)?;
+        let input = Tensor::new(&[[tok.sot]], &self.model.device)?;
+        let hidden = dec.forward(&input, &mut state)?;
+        let logits: Vec<f32> = dec.logits(&hidden.i((0, 0..1))?)?.i(0)?.to_vec1()?;
+        let best = tok
+            .languages
+            .iter()
+            .max_by(|a, b| logits[a.1 as usize].total_cmp(&logits[b.1 as usize]))
+            .map(|(code, _)| code.clone())
+            .unwrap_or_else(|| "en".into());
+        Ok(best)
+    }
+
+    fn decode_with_fallback(
+        &self,
+        features: &Tensor,
+        prompt: &[u32],
+        language: &str,
+        opts: &TranscribeOptions,
+        rng: &mut Rng,
+        token_count: &mut usize,
+    ) -> Result<DecodeResult> {
+        let tok = &self.model.tokenizer;
+        let dec = &self.model.decoder;
+        let max_prompt = dec.max_positions / 2 - 1;
+        let mut initial: Vec<u32> = Vec::new();
+        if !prompt.is_empty() {
+            initial.push(tok.sot_prev);
+            initial.extend(&prompt[prompt.len().saturating_sub(max_prompt)..]);
+        }
+        let sot_index = initial.len();
+        initial.push(tok.sot);
+        if !tok.languages.is_empty() {
+            let lang = tok.language_token(language).ok_or_else(|| anyhow::anyhow!("unknown language code {language:?}"))?;
+            initial.push(lang);
+            initial.push(match opts.task {
+                Task::Transcribe => tok.transcribe,
+                Task::Translate => tok.translate,
+            });
+        }
+        if opts.without_timestamps {
+            initial.push(tok.no_timestamps);
+        }
+
+        // The prompt pass is the same for every temperature: run it once, reuse its cache.
+        let mut state = dec.start(features)?;
+        let input = Tensor::new(initial.as_slice(), &self.model.device)?.unsqueeze(0)?;
+        let hidden = dec.forward(&input, &mut state)?;
+        let rows = Tensor::cat(&[hidden.i((0, sot_index..sot_index + 1))?, hidden.i((0, initial.len() - 1..initial.len()))?], 0)?;
+        let logits = dec.logits(&rows)?;
+        let sot_logits: Vec<f32> = logits.i(0)?.to_vec1()?;
+        let first_logits: Vec<f32> = logits.i(1)?.to_vec1()?;
+        let no_speech_prob = match tok.no_speech {
+            Some(ns) => {
+                let lsm = log_softmax_in_place(&sot_logits);
+                (lsm[ns as usize] as f64).exp()
+            }
+            None => 0.0,
+        };
+
+        let mut best: Option<DecodeResult> = None;
+        for &temperature in &opts.temperatures {
+            let result = self.sample(state.clone(), first_logits.clone(), initial.len(), temperature, opts, rng, token_count)?;
+            let mut result = DecodeResult { no_speech_prob, ..result };
+            result.compression_ratio = compression_ratio(&result.text);
+            let mut needs_fallback = false;
+            if let Some(cr) = opts.compression_ratio_threshold {
+                if result.compression_ratio > cr as f64 {
+                    needs_fallback = true;
+                }
+            }
+            if let Some(lp) = opts.logprob_threshold {
+                if result.avg_logprob < lp as f64 {
+                    needs_fallback = true;
+                }
+            }
+            if let Some(ns) = opts.no_speech_threshold {
+                if result.no_speech_prob > ns as f64 {
+                    if let Some(lp) = opts.logprob_threshold {
+                        if result.avg_logprob < lp as f64 {
+                            // Silence: the caller skips this window, no retry needed.
+                            needs_fallback = false;
+                        }
+                    }
+                }
+            }
+            best = Some(result);
+            if !needs_fallback {
+                break;
+            }
+        }
+        Ok(best.expect("at least one temperature"))
+    }
+
+    /// Sample tokens after the prompt until end-of-text or the length limit.
+    #[allow(clippy::too_many_arguments)]
+    fn sample(
+        &self,
+        mut state: crate::model::DecoderState,
+        mut logits: Vec<f32>,
+        sample_begin: usize,
+        temperature: f32,
+        opts: &TranscribeOptions,
+        rng: &mut Rng,
+        token_count: &mut usize,
+    ) -> Result<DecodeResult> {
+        let tok = &self.model.tokenizer;
+        let dec = &self.model.decoder;
+        let sample_len = dec.max_positions / 2;
+        let mut generated: Vec<u32> = Vec::new();
+        let mut sum_logprob = 0f64;
+        let max_initial = (opts.max_initial_timestamp as f64 / TIME_PRECISION).round() as usize;
+        loop {
+            self.apply_filters(&mut logits, &generated, opts, max_initial);
+            let logprobs = log_softmax_in_place(&logits);
+            let next = if temperature <= 0.0 {
+                argmax(&logits)
+            } else {
+                sample_from(&logits, temperature, rng)
+            };
+            *token_count += 1;
+            if next == tok.eot {
+                break;
+            }
+            sum_logprob += logprobs[next as usize] as f64;
+            generated.push(next);
+            if generated.len() >= sample_len || sample_begin + generated.len() >= dec.max_positions {
+                break;
+            }
+            let input = Tensor::new(&[[next]], &self.model.device)?;
+            let hidden = dec.forward(&input, &mut state)?;
+            logits = dec.logits(&hidden.i(0)?)?.i(0)?.to_vec1()?;
+        }
+        let avg_logprob = sum_logprob / (generated.len() + 1) as f64;
+        let text = tok.decode_text(&generated)?;
+        Ok(DecodeResult { tokens: generated, text, avg_logprob, no_speech_prob: 0.0, compression_ratio: 0.0, temperature })
+    }
+
+    /// openai's logit filters: SuppressBlank, SuppressTokens and the timestamp rules.
+    fn apply_filters(&self, logits: &mut [f32], generated: &[u32], opts: &TranscribeOptions, max_initial: usize) {
+        let tok = &self.model.tokenizer;
+        let ninf = f32::NEG_INFINITY;
+        if generated.is_empty() {
+            for &t in &self.suppress_begin {
+                logits[t as usize] = ninf;
+            }
+        }
+        for &t in &self.suppress {
+            logits[t as usize] = ninf;
+        }
+        if opts.without_timestamps {
+            let tb = tok.timestamp_begin as usize;
+            let len = logits.len();
+            logits[tb.min(len)..].fill(ninf);
+            return;
+        }
+        logits[tok.no_timestamps as usize] = ninf;
+        let tb = tok.timestamp_begin as usize;
+        let eot = tok.eot as usize;
+        let n = generated.len();
+        let last_ts = n >= 1 && tok.is_timestamp(generated[n - 1]);
+        let penultimate_ts = n < 2 || tok.is_timestamp(generated[n - 2]);
+        if last_ts {
+            if penultimate_ts {
+                logits[tb..].fill(ninf);
+            } else {
+                logits[..eot].fill(ninf);
+            }
+        }
+        if let Some(&last) = generated.iter().rev().find(|&&t| tok.is_timestamp(t)) {
+            // Timestamps never go backwards; after a closing one the next must move on.
+            let bound = if last_ts && !penultimate_ts { last as usize } else { last as usize + 1 };
+            let len = logits.len();
+            logits[tb..bound.min(len)].fill(ninf);
+        }
+        if n == 0 {
+            logits[..tb].fill(ninf);
+            let last_allowed = tb + max_initial;
+            if last_allowed + 1 < logits.len() {
+                logits[last_allowed + 1..].fill(ninf);
+            }
+        }
+        // If timestamps together are likelier than any text token, force a timestamp.
+        let logprobs = log_softmax_in_place(logits);
+        let ts_logprob = logsumexp(&logprobs[tb..]);
+        let max_text = logprobs[..tb].iter().copied().fold(ninf, f32::max);
+        if ts_logprob > max_text {
+            logits[..tb].fill(ninf);
+        }
+    }
+}
+
+fn accumulate(total: &mut EncodeStats, s: &EncodeStats) {
+    total.frames += s.frames;
+    if total.heavy_frames.len() < s.heavy_frames.len() {
+        total.heavy_frames.resize(s.heavy_frames.len(), 0);
+    }
+    for (t, h) in total.heavy_frames.iter_mut().zip(&s.heavy_frames) {
+        *t += h;
+    }
+    total.flops += s.flops;
+    total.dense_flops += s.dense_flops;
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn sample_from(logits: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f64> = logits.iter().map(|&l| (((l - max) / temperature) as f64).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut target = rng.next_f64() * total;
+    for (i, w) in weights.iter().enumerate() {
+        target -= w;
+        if target <= 0.0 && *w > 0.0 {
+            return i as u32;
+        }
+    }
+    argmax(logits)
+}
