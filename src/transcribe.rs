@@ -299,7 +299,7 @@ impl<'m> Transcriber<'m> {
             for (start, end, seg_tokens) in new_segments {
                 let text = tok.decode_text(&seg_tokens)?;
                 all_tokens.extend(seg_tokens.iter().copied().filter(|&t| t < tok.eot || tok.is_timestamp(t)));
-                if start >= end || text.trim().is_empty() {
+                if start >= end || start >= duration || text.trim().is_empty() {
                     continue;
                 }
                 segments.push(Segment {
@@ -398,37 +398,31 @@ impl<'m> Transcriber<'m> {
             None => 0.0,
         };
 
-        let mut best: Option<DecodeResult> = None;
+        let mut tried: Vec<DecodeResult> = Vec::new();
         for &temperature in &opts.temperatures {
             let result = self.sample(state.clone(), first_logits.clone(), initial.len(), temperature, opts, rng, token_count)?;
             let mut result = DecodeResult { no_speech_prob, ..result };
             result.compression_ratio = compression_ratio(&result.text);
-            let mut needs_fallback = false;
-            if let Some(cr) = opts.compression_ratio_threshold {
-                if result.compression_ratio > cr as f64 {
-                    needs_fallback = true;
-                }
-            }
-            if let Some(lp) = opts.logprob_threshold {
-                if result.avg_logprob < lp as f64 {
-                    needs_fallback = true;
-                }
-            }
-            if let Some(ns) = opts.no_speech_threshold {
-                if result.no_speech_prob > ns as f64 {
-                    if let Some(lp) = opts.logprob_threshold {
-                        if result.avg_logprob < lp as f64 {
-                            // Silence: the caller skips this window, no retry needed.
-                            needs_fallback = false;
-                        }
-                    }
-                }
-            }
-            best = Some(result);
-            if !needs_fallback {
-                break;
+            let too_repetitive = opts.compression_ratio_threshold.is_some_and(|cr| result.compression_ratio > cr as f64);
+            let too_unlikely = opts.logprob_threshold.is_some_and(|lp| result.avg_logprob < lp as f64);
+            // Silence: the caller skips this window, no retry needed.
+            let silent = too_unlikely && opts.no_speech_threshold.is_some_and(|ns| result.no_speech_prob > ns as f64);
+            let done = silent || (!too_repetitive && !too_unlikely);
+            tried.push(result);
+            if done {
+                return Ok(tried.pop().expect("just pushed"));
             }
         }
+        // Every temperature failed a check. Rather than keep the last (hottest) sample, as
+        // openai does, keep the likeliest one that is not a repetition loop (faster-whisper's
+        // choice): at temperature 1.0 the sample is often invented text.
+        let cr_limit = opts.compression_ratio_threshold.map(|c| c as f64).unwrap_or(f64::INFINITY);
+        let pool: Vec<&DecodeResult> = if tried.iter().any(|r| r.compression_ratio <= cr_limit) {
+            tried.iter().filter(|r| r.compression_ratio <= cr_limit).collect()
+        } else {
+            tried.iter().collect()
+        };
+        let best = pool.into_iter().max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob)).cloned();
         Ok(best.expect("at least one temperature"))
     }
 

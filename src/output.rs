@@ -1,0 +1,132 @@
+//! Transcript writers: plain text, SubRip (SRT), WebVTT and JSON.
+
+use crate::transcribe::Transcript;
+use anyhow::Result;
+use serde::Serialize;
+use std::fmt::Write;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Txt,
+    Srt,
+    Vtt,
+    Json,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Txt => "txt",
+            Format::Srt => "srt",
+            Format::Vtt => "vtt",
+            Format::Json => "json",
+        }
+    }
+}
+
+/// `HH:MM:SS,mmm` (SRT) or `HH:MM:SS.mmm` (VTT).
+pub fn timestamp(seconds: f64, decimal: char) -> String {
+    let ms_total = (seconds.max(0.0) * 1000.0).round() as u64;
+    let (h, rem) = (ms_total / 3_600_000, ms_total % 3_600_000);
+    let (m, rem) = (rem / 60_000, rem % 60_000);
+    let (s, ms) = (rem / 1000, rem % 1000);
+    format!("{h:02}:{m:02}:{s:02}{decimal}{ms:03}")
+}
+
+/// Cue text: trimmed, and with "-->" broken so it cannot end a cue line early.
+fn cue_text(text: &str) -> String {
+    text.trim().replace("-->", "->")
+}
+
+pub fn to_txt(t: &Transcript) -> String {
+    let mut out = String::new();
+    for seg in &t.segments {
+        let _ = writeln!(out, "{}", seg.text.trim());
+    }
+    out
+}
+
+pub fn to_srt(t: &Transcript) -> String {
+    let mut out = String::new();
+    for (i, seg) in t.segments.iter().enumerate() {
+        let _ = write!(
+            out,
+            "{}\n{} --> {}\n{}\n\n",
+            i + 1,
+            timestamp(seg.start, ','),
+            timestamp(seg.end, ','),
+            cue_text(&seg.text)
+        );
+    }
+    out
+}
+
+pub fn to_vtt(t: &Transcript) -> String {
+    let mut out = String::from("WEBVTT\n\n");
+    for seg in &t.segments {
+        let _ = write!(out, "{} --> {}\n{}\n\n", timestamp(seg.start, '.'), timestamp(seg.end, '.'), cue_text(&seg.text));
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct JsonSegment<'a> {
+    id: usize,
+    start: f64,
+    end: f64,
+    text: &'a str,
+    avg_logprob: f64,
+    no_speech_prob: f64,
+    compression_ratio: f64,
+    temperature: f32,
+    tokens: &'a [u32],
+}
+
+#[derive(Serialize)]
+struct JsonTranscript<'a> {
+    file: &'a str,
+    model: &'a str,
+    language: &'a str,
+    duration: f64,
+    text: &'a str,
+    segments: Vec<JsonSegment<'a>>,
+    timings: &'a crate::transcribe::Timings,
+    encoder: &'a crate::model::EncodeStats,
+}
+
+pub fn to_json(t: &Transcript, file: &str, model: &str) -> Result<String> {
+    let doc = JsonTranscript {
+        file,
+        model,
+        language: &t.language,
+        duration: t.duration,
+        text: &t.text,
+        segments: t
+            .segments
+            .iter()
+            .map(|s| JsonSegment {
+                id: s.id,
+                start: s.start,
+                end: s.end,
+                text: s.text.trim(),
+                avg_logprob: s.avg_logprob,
+                no_speech_prob: s.no_speech_prob,
+                compression_ratio: s.compression_ratio,
+                temperature: s.temperature,
+                tokens: &s.tokens,
+            })
+            .collect(),
+        timings: &t.timings,
+        encoder: &t.encoder,
+    };
+    Ok(serde_json::to_string_pretty(&doc)? + "\n")
+}
+
+pub fn render(t: &Transcript, format: Format, file: &str, model: &str) -> Result<String> {
+    Ok(match format {
+        Format::Txt => to_txt(t),
+        Format::Srt => to_srt(t),
+        Format::Vtt => to_vtt(t),
+        Format::Json => to_json(t, file, model)?,
+    })
+}
