@@ -17,10 +17,12 @@ for arg in "$@"; do
   esac
 done
 
-# cpal (live capture) needs ALSA headers and pkg-config to build.
+# cpal (live capture) needs ALSA headers and pkg-config to build; the tests use sox to make
+# FLAC files.
 missing=()
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 dpkg -s libasound2-dev >/dev/null 2>&1 || missing+=(libasound2-dev)
+command -v sox >/dev/null || missing+=(sox)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

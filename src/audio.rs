@@ -89,10 +89,8 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 fn decode_wav(path: &Path) -> Result<DecodedAudio, AudioError> {
     let p = path.to_path_buf();
     let reader = hound::WavReader::open(path).map_err(|e| match e {
-        hound::Error::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            AudioError::Corrupt { path: p.clone(), reason: "the WAV header is truncated".into() }
-        }
-        hound::Error::IoError(e) => AudioError::Io { path: p.clone(), reason: e.to_string() },
+        // The file opened a moment ago, so a read error here means the header is cut short.
+        hound::Error::IoError(e) => AudioError::Corrupt { path: p.clone(), reason: format!("the WAV header is truncated ({e})") },
         hound::Error::FormatError(what) => AudioError::Corrupt { path: p.clone(), reason: format!("bad WAV header: {what}") },
         hound::Error::Unsupported => AudioError::Unsupported { path: p.clone(), what: "this WAV encoding (only PCM integer and 32-bit float are read)".into() },
         other => AudioError::Unsupported { path: p.clone(), what: other.to_string() },

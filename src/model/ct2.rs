@@ -193,7 +193,7 @@ impl<'a> ByteReader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        ensure!(self.remaining() >= n, "unexpected end of file at byte {} (wanted {n} more)", self.pos);
+        ensure!(self.remaining() >= n, "the file is truncated: it ends at byte {} where {n} more bytes were expected", self.bytes.len());
         let slice = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
         Ok(slice)

@@ -124,7 +124,8 @@ impl EncoderBlock for DenseLayer {
 pub struct Encoder {
     conv1: Conv1d,
     conv2: Conv1d,
-    positions: Tensor,
+    /// Sinusoidal positions [max_frames, d] as stored in the checkpoint (float16 in Whisper's).
+    pub positions: Tensor,
     /// Pretrained layers, kept so conditional layers can wrap them.
     pub dense_layers: Vec<Arc<DenseLayer>>,
     /// The layers actually run; dense by default.

@@ -1,0 +1,75 @@
+//! The `coda-asr` binary: bad inputs give a clear error and a non-zero exit without stopping
+//! the rest of a batch; output files are written per input.
+
+mod common;
+use std::process::Command;
+
+#[test]
+fn one_bad_file_does_not_stop_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.wav");
+    std::fs::write(&bad, b"RIFF\x10\x00\x00\x00WAVEjunk").unwrap();
+    let missing = dir.path().join("nowhere.wav");
+    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let out_dir = dir.path().join("out");
+    let output = Command::new(common::binary())
+        .args(["transcribe", "--format", "srt", "--output-dir"])
+        .arg(&out_dir)
+        .arg(&bad)
+        .arg(&missing)
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&bad.display().to_string()), "{stderr}");
+    assert!(stderr.contains(&format!("{}: file not found", missing.display())), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let srt = std::fs::read_to_string(out_dir.join("LJ001-0001.srt")).unwrap();
+    assert!(srt.starts_with("1\n00:00:00,000 --> "), "{srt}");
+    assert!(srt.to_lowercase().contains("printing"));
+}
+
+#[test]
+fn missing_model_is_a_clear_error() {
+    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let output = Command::new(common::binary()).args(["transcribe", "--model", "no-such-model"]).arg(&good).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.contains("model \"no-such-model\" not found"), "{stderr}");
+}
+
+#[test]
+fn eval_writes_reports_that_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.tsv");
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    std::fs::write(
+        &manifest,
+        format!(
+            "id\twav\tduration_s\treference\nlj1\t{}\t9.655\tPrinting, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition\n",
+            wav.display()
+        ),
+    )
+    .unwrap();
+    let json = dir.path().join("r.json");
+    let md = dir.path().join("r.md");
+    let status = Command::new(common::binary())
+        .args(["eval", "--manifest"])
+        .arg(&manifest)
+        .arg("--json")
+        .arg(&json)
+        .arg("--markdown")
+        .arg(&md)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["summary"]["clips"], 1);
+    assert!(report["summary"]["wer"].as_f64().unwrap() < 10.0);
+    assert!(report["summary"]["encoder_gflop"].as_f64().unwrap() > 30.0);
+    assert!(std::fs::read_to_string(&md).unwrap().contains("| lj1 |"));
+    let out = Command::new(common::binary()).args(["eval", "--compare"]).arg(&json).arg(&json).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.starts_with("| WER % |") && l.matches('|').count() == 4), "{table}");
+}

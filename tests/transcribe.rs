@@ -1,0 +1,79 @@
+//! End to end on real speech: twelve clips of ../shared/speech/dev.tsv through audio → mel →
+//! encoder → decoder → text, scored with the normalised WER; output formats are well formed.
+
+mod common;
+use coda_asr::eval::{read_manifest, run};
+use coda_asr::output::{to_json, to_srt, to_vtt};
+use coda_asr::transcribe::{compression_ratio, TranscribeOptions, Transcriber};
+
+#[test]
+fn dev_clips_transcribe_with_low_wer() {
+    let manifest = common::speech_dir().join("dev.tsv");
+    let entries = read_manifest(&manifest).unwrap();
+    // Every seventh clip: test-other, test-clean, dev-clean, LJ Speech and PocketSphinx alike.
+    let picked: Vec<_> = entries.iter().step_by(7).cloned().collect();
+    assert!(picked.len() >= 10);
+    let t = Transcriber::new(common::tiny_en());
+    let report = run(&t, &picked, &TranscribeOptions::default(), "test", "dev.tsv", &mut |_, _| {}).unwrap();
+    let s = &report.summary;
+    assert_eq!(s.failed, 0);
+    // Whisper tiny.en scores about 10–12 % on all of dev.tsv; these clips are a mixed sample.
+    assert!(s.wer < 20.0, "WER {:.2} on {} clips: {:#?}", s.wer, s.clips, report.clips.iter().map(|c| (&c.id, c.wer, &c.hypothesis)).collect::<Vec<_>>());
+    assert!(s.counts.reference_words > 150);
+}
+
+#[test]
+fn quick_start_sample_is_transcribed_exactly() {
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let t = Transcriber::new(common::tiny_en());
+    let tr = t.transcribe(&audio, &TranscribeOptions::default(), &mut |_| {}).unwrap();
+    let reference = "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition";
+    let counts = coda_asr::eval::score(reference, &tr.text);
+    assert!(counts.errors() <= 1, "{}", tr.text);
+    assert!(!tr.segments.is_empty());
+    for s in &tr.segments {
+        assert!(s.start < s.end && s.end <= tr.duration + 1e-6, "segment times {} → {}", s.start, s.end);
+    }
+    assert!(tr.segments.windows(2).all(|w| w[0].end <= w[1].start + 1e-6), "segments overlap");
+
+    let srt = to_srt(&tr);
+    let blocks: Vec<&str> = srt.trim_end().split("\n\n").collect();
+    assert_eq!(blocks.len(), tr.segments.len());
+    for (i, b) in blocks.iter().enumerate() {
+        let lines: Vec<&str> = b.lines().collect();
+        assert_eq!(lines[0], (i + 1).to_string());
+        let re = regex::Regex::new(r"^\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}$").unwrap();
+        assert!(re.is_match(lines[1]), "{}", lines[1]);
+        assert!(!lines[2].trim().is_empty());
+    }
+    let vtt = to_vtt(&tr);
+    assert!(vtt.starts_with("WEBVTT\n\n"));
+    let re = regex::Regex::new(r"(?m)^\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}$").unwrap();
+    assert_eq!(re.find_iter(&vtt).count(), tr.segments.len());
+    let json: serde_json::Value = serde_json::from_str(&to_json(&tr, "LJ001-0001.wav", "tiny.en").unwrap()).unwrap();
+    assert_eq!(json["segments"].as_array().unwrap().len(), tr.segments.len());
+    for key in ["mel_ms", "encoder_ms", "decoder_ms", "tokens"] {
+        assert!(json["timings"][key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert!(json["segments"][0]["avg_logprob"].as_f64().unwrap() < 0.0);
+    assert!(json["segments"][0]["no_speech_prob"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn silence_and_noise_give_no_words() {
+    let manifest = common::speech_dir().join("noise.tsv");
+    let t = Transcriber::new(common::tiny_en());
+    for entry in read_manifest(&manifest).unwrap() {
+        let audio = coda_asr::audio::load_mono_16k(&entry.wav).unwrap();
+        let tr = t.transcribe(&audio, &TranscribeOptions::default(), &mut |_| {}).unwrap();
+        let words = coda_asr::eval::normalize::normalize(&tr.text);
+        assert!(words.is_empty(), "{}: transcribed {:?}", entry.id, tr.text);
+    }
+}
+
+#[test]
+fn compression_ratio_flags_repetition() {
+    assert!(compression_ratio(&"the same words again ".repeat(20)) > 2.4);
+    assert!(compression_ratio("He hoped there would be stew for dinner, turnips and carrots.") < 2.4);
+}
