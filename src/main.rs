@@ -140,7 +140,21 @@ struct ImportArgs {
     out: PathBuf,
 }
 
+/// Keep large freed buffers in the process: the encoder allocates tens of megabytes per layer,
+/// and glibc's default (unmap on free, map again on the next call) spends more time in page
+/// faults than some of the kernels take.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Transcribe(a) => cmd_transcribe(a),

