@@ -4,6 +4,7 @@
 pub mod audio;
 pub mod mel;
 pub mod model;
+pub mod train;
 pub mod transcribe;
 pub mod eval;
 pub mod output;

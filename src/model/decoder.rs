@@ -2,16 +2,16 @@
 //! computed once per audio window (not once per token).
 
 use super::config::WhisperConfig;
-use super::layers::{attention, causal_mask, fused_linear, layer_norm, linear, merge_heads, split_heads, Mlp};
+use super::layers::{attention, Norm, causal_mask, fused_linear, layer_norm, linear, merge_heads, split_heads, Mlp};
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 struct DecoderLayer {
-    self_ln: LayerNorm,
+    self_ln: Norm,
     self_qkv: Linear,
     self_out: Linear,
-    cross_ln: LayerNorm,
+    cross_ln: Norm,
     cross_q: Linear,
     cross_kv: Linear,
     cross_out: Linear,
@@ -39,7 +39,7 @@ pub struct Decoder {
     embedding: Tensor,
     positions: Tensor,
     layers: Vec<DecoderLayer>,
-    ln: LayerNorm,
+    ln: Norm,
     heads: usize,
     d: usize,
     pub max_positions: usize,

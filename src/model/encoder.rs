@@ -5,11 +5,11 @@
 //! reduction factor travels with each call in [`EncodeOptions`], so it can change between
 //! calls without reloading anything.
 
-use super::layers::{attention, fused_linear, layer_norm, linear, merge_heads, split_heads, Gelu, Mlp};
+use super::layers::{attention, Norm, fused_linear, layer_norm, linear, merge_heads, split_heads, Gelu, Mlp};
 use super::config::WhisperConfig;
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv1d, Conv1dConfig, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv1d, Conv1dConfig, Linear, VarBuilder};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
@@ -72,7 +72,7 @@ pub struct BlockStats {
 /// A pretrained Whisper encoder layer: x + attn(ln(x)), then + mlp(ln(x)).
 #[derive(Debug, Clone)]
 pub struct DenseLayer {
-    pub attn_ln: LayerNorm,
+    pub attn_ln: Norm,
     pub qkv: Linear,
     pub out: Linear,
     pub mlp: Mlp,
@@ -130,7 +130,7 @@ pub struct Encoder {
     pub dense_layers: Vec<Arc<DenseLayer>>,
     /// The layers actually run; dense by default.
     pub layers: Vec<Arc<dyn EncoderBlock>>,
-    ln_post: LayerNorm,
+    ln_post: Norm,
     gelu: Gelu,
     pub d: usize,
     pub n_mels: usize,
@@ -199,13 +199,36 @@ impl Encoder {
 
     /// Encode mel [batch, n_mels, frames] (frames ≤ 3000; fewer is allowed) → [batch, n, d].
     pub fn forward(&self, mel: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, EncodeStats)> {
+        self.forward_with(&self.layers, mel, opts)
+    }
+
+    /// The dense encoder, whatever layers are installed.
+    pub fn forward_dense(&self, mel: &Tensor) -> Result<(Tensor, EncodeStats)> {
+        let dense: Vec<Arc<dyn EncoderBlock>> = self.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
+        self.forward_with(&dense, mel, &EncodeOptions::default())
+    }
+
+    /// Put conditional layers in place of the dense ones at the given indices.
+    pub fn install(&mut self, blocks: Vec<(usize, Arc<dyn EncoderBlock>)>) {
+        for (i, block) in blocks {
+            self.layers[i] = block;
+        }
+    }
+
+    /// Back to the pretrained dense layers everywhere.
+    pub fn uninstall(&mut self) {
+        self.layers = self.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
+    }
+
+    /// Encode with an explicit layer stack (training runs teacher and student side by side).
+    pub fn forward_with(&self, layers: &[Arc<dyn EncoderBlock>], mel: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, EncodeStats)> {
         let start = Instant::now();
         let b = mel.dim(0)? as f64;
         let mut x = self.stem(mel)?;
         let n = x.dim(1)?;
         let stem = b * self.stem_flops(mel.dim(2)?);
         let mut stats = EncodeStats { frames: n, flops: stem, dense_flops: stem, ..Default::default() };
-        for layer in &self.layers {
+        for layer in layers {
             let (y, s) = layer.forward(&x, opts)?;
             x = y;
             stats.heavy_frames.push(s.heavy_frames);

@@ -5,9 +5,41 @@ use anyhow::{ensure, Result};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-/// Layer norm as Whisper uses it (eps 1e-5, with bias).
-pub fn layer_norm(vb: VarBuilder, d: usize) -> Result<LayerNorm> {
-    Ok(candle_nn::layer_norm(d, 1e-5, vb)?)
+
+/// Layer norm as Whisper uses it (eps 1e-5, with bias). candle's fused layer-norm kernel has
+/// no backward pass, so when gradients are being tracked (adapter training) the same
+/// arithmetic runs as differentiable tensor ops instead.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    inner: LayerNorm,
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Norm {
+    pub fn new(weight: Tensor, bias: Tensor) -> Self {
+        Self { inner: LayerNorm::new(weight.clone(), bias.clone(), 1e-5), weight, bias }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.track_op() && !self.weight.track_op() {
+            return Ok(self.inner.forward(x)?);
+        }
+        let x = normalize_last_dim(x)?;
+        Ok(x.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// (x − mean) / sqrt(var + 1e-5) over the last dimension, differentiable.
+pub fn normalize_last_dim(x: &Tensor) -> Result<Tensor> {
+    let mean = x.mean_keepdim(candle_core::D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+    Ok(centered.broadcast_div(&(var + 1e-5)?.sqrt()?)?)
+}
+
+pub fn layer_norm(vb: VarBuilder, d: usize) -> Result<Norm> {
+    Ok(Norm::new(vb.get(d, "weight")?, vb.get(d, "bias")?))
 }
 
 pub fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
@@ -44,6 +76,7 @@ impl Gelu {
     /// Consumes `x`: the exact form works in place on its buffer.
     pub fn apply(self, x: Tensor) -> Result<Tensor> {
         Ok(match self {
+            Gelu::Exact if x.track_op() => x.gelu_erf()?,
             Gelu::Exact => super::kernels::gelu_erf(x)?,
             Gelu::Tanh => x.gelu()?,
         })
@@ -83,7 +116,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let weights = super::kernels::softmax_last_dim(scores)?;
+        let weights = if scores.track_op() {
+            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else {
+            super::kernels::softmax_last_dim(scores)?
+        };
         outs.push(weights.matmul(&vh)?);
     }
     Ok(if outs.len() == 1 { outs.pop().expect("one group") } else { Tensor::cat(&outs, 1)? })
@@ -101,7 +138,7 @@ pub fn causal_mask(t: usize, past: usize, device: &candle_core::Device) -> Resul
 /// Pre-norm MLP of a transformer layer: fc2(gelu(fc1(ln(x)))).
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    pub ln: LayerNorm,
+    pub ln: Norm,
     pub fc1: Linear,
     pub fc2: Linear,
     pub gelu: Gelu,

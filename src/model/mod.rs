@@ -1,6 +1,7 @@
 //! The Whisper model: configuration, weights, tokenizer, encoder and decoder.
 
 pub mod config;
+pub mod coda;
 pub mod ct2;
 pub mod decoder;
 pub mod encoder;
@@ -33,6 +34,8 @@ pub struct WhisperModel {
     pub tokenizer: WhisperTokenizer,
     pub device: Device,
     pub dir: PathBuf,
+    /// Conditional adapters, when loaded; installed in the encoder unless turned off.
+    pub coda: Option<coda::CodaWeights>,
 }
 
 /// Resolve `--model`: a directory path, or the name of a model imported under `models/`
@@ -74,7 +77,52 @@ impl WhisperModel {
         let decoder = Decoder::load(vb.pp("model.decoder"), &config).with_context(|| format!("{}: decoder weights", dir.display()))?;
         let step = if device.is_cpu() { Some(step::StepDecoder::load(&weights, &config)?) } else { None };
         let tokenizer = WhisperTokenizer::load(&dir.join("tokenizer.json"), config.is_multilingual())?;
-        Ok(Self { config, encoder, decoder, step, tokenizer, device: device.clone(), dir: dir.to_path_buf() })
+        Ok(Self { config, encoder, decoder, step, tokenizer, device: device.clone(), dir: dir.to_path_buf(), coda: None })
+    }
+
+    /// sha256 identifying the weights, recorded with adapters so they never run on another
+    /// model: the source `model.bin`'s for imported models (the safetensors file written by the
+    /// import is not byte-stable across runs), else the safetensors file's own.
+    pub fn weights_sha256(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(self.dir.join("config.json"))?)?;
+        if let Some(sha) = config.pointer("/imported_from/model_bin_sha256").and_then(|v| v.as_str()) {
+            return Ok(sha.to_string());
+        }
+        let path = self.dir.join("model.safetensors");
+        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Load adapters from `dir` (coda.json + adapters.safetensors), check that they were trained
+    /// on this model, and install them in the encoder.
+    pub fn attach_coda(&mut self, dir: &Path) -> Result<()> {
+        let weights = coda::CodaWeights::load(dir, &self.device)?;
+        let sha = self.weights_sha256()?;
+        if weights.config.base_model_sha256 != sha {
+            bail!(
+                "{}: adapters were trained on a model with sha256 {}, not {} ({})",
+                dir.display(),
+                weights.config.base_model_sha256,
+                self.dir.display(),
+                sha
+            );
+        }
+        self.install_coda(weights)
+    }
+
+    pub fn install_coda(&mut self, weights: coda::CodaWeights) -> Result<()> {
+        let layers = weights.layers(&self.encoder.dense_layers)?;
+        self.encoder.install(layers.into_iter().map(|(i, l)| (i, std::sync::Arc::new(l) as std::sync::Arc<dyn EncoderBlock>)).collect());
+        self.coda = Some(weights);
+        Ok(())
+    }
+
+    /// Where the default adapters for this model live, if shipped: `models/coda-<name>/`.
+    pub fn default_coda_dir(&self) -> Option<PathBuf> {
+        let name = format!("coda-{}", self.name());
+        let candidates = [self.dir.parent().map(|p| p.join(&name)), Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(&name))];
+        candidates.into_iter().flatten().find(|d| d.join("coda.json").is_file())
     }
 
     pub fn name(&self) -> String {

@@ -1,0 +1,256 @@
+//! CoDA: conditional adapters in the encoder (Li et al. 2023, arXiv 2304.04947; routing as in
+//! CoLT5, arXiv 2303.09752).
+//!
+//! Each adapted layer keeps the frozen pretrained layer as its heavy branch and adds:
+//! - a router, score s_i = norm(x_i) · u, that picks the top k = ceil(n / r) frames;
+//! - a light parallel adapter on every frame: LayerNorm → Linear(d→b) → GELU → Linear(b→d);
+//! - the merge y_i = x_i + adapter(x_i) + λ_i Δ_i for selected frames (Δ = heavy(x_sel) − x_sel,
+//!   attention only among the selected frames, in time order), y_i = x_i + adapter(x_i) else.
+//!
+//! λ comes from a soft top-k (entropy-regularised optimal transport), differentiable so the
+//! router learns from the loss; at inference the hard top-k of s picks the same frames (λ is
+//! monotone in s) and their λ is kept.
+
+use super::encoder::{layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
+use super::layers::{normalize_last_dim, Gelu, Norm};
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// What is saved next to the adapter weights (`coda.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodaConfig {
+    /// Encoder layers that are conditional (the others stay dense).
+    pub layers: Vec<usize>,
+    pub bottleneck: usize,
+    /// Reduction factors the adapters were trained for; any r ≥ 1 runs, these are tested.
+    pub reductions: Vec<f64>,
+    pub default_reduction: f64,
+    /// Soft top-k temperature and iteration count.
+    pub epsilon: f64,
+    pub iterations: usize,
+    pub base_model: String,
+    pub base_model_sha256: String,
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+impl CodaConfig {
+    pub fn new(layers: Vec<usize>, base_model: &str, base_model_sha256: &str) -> Self {
+        Self {
+            layers,
+            bottleneck: 64,
+            reductions: vec![2.0, 3.0, 4.0, 6.0, 8.0],
+            default_reduction: 4.0,
+            epsilon: 1.0,
+            iterations: 30,
+            base_model: base_model.to_string(),
+            base_model_sha256: base_model_sha256.to_string(),
+            training: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Soft top-k weights λ for scores s [b, n]: Σλ = k per row, 0 ≤ λ ≤ 1, monotone in s.
+/// Iterates a ← ε ln k − ε logsumexp((s + b)/ε), b ← min(−s − a, 0); λ = exp((s + a + b)/ε).
+pub fn soft_top_k(scores: &Tensor, k: usize, epsilon: f64, iterations: usize) -> Result<Tensor> {
+    let n = scores.dim(D::Minus1)?;
+    ensure!(k >= 1 && k <= n, "soft top-k: k = {k} with {n} scores");
+    if k == n {
+        return Ok(scores.ones_like()?);
+    }
+    let ln_k = (k as f64).ln();
+    let mut b = scores.zeros_like()?;
+    let mut a = scores.narrow(D::Minus1, 0, 1)?.zeros_like()?;
+    for _ in 0..iterations {
+        let z = ((scores + &b)? / epsilon)?;
+        a = ((logsumexp_last(&z)? * -epsilon)? + epsilon * ln_k)?;
+        b = scores.broadcast_add(&a)?.neg()?.minimum(0f64)?;
+    }
+    Ok((scores.broadcast_add(&a)? + &b)?.affine(1.0 / epsilon, 0.0)?.exp()?)
+}
+
+/// logsumexp over the last dimension, keeping it (differentiable, stable).
+fn logsumexp_last(z: &Tensor) -> Result<Tensor> {
+    let max = z.max_keepdim(D::Minus1)?.detach();
+    Ok((z.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?)
+}
+
+/// Indices of the k largest values of a row, in ascending (time) order.
+pub fn top_k_in_time_order(row: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    let k = k.min(row.len());
+    if k < row.len() {
+        idx.select_nth_unstable_by(k, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+        idx.truncate(k);
+    }
+    idx.sort_unstable();
+    idx
+}
+
+/// The trainable parts of one conditional layer.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub router: Tensor,
+    pub ln: Norm,
+    pub down: Linear,
+    pub up: Linear,
+}
+
+impl Adapter {
+    /// Parameters under `prefix` of a var builder (a VarMap-backed one creates them: router
+    /// small random, up-projection zero so a fresh adapter changes nothing).
+    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize) -> Result<Self> {
+        let router = vb.get_with_hints(d, "router", candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?;
+        let ln = Norm::new(
+            vb.pp("ln").get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
+            vb.pp("ln").get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
+        );
+        let down = Linear::new(
+            vb.pp("down").get_with_hints((bottleneck, d), "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?,
+            Some(vb.pp("down").get_with_hints(bottleneck, "bias", candle_nn::Init::Const(0.0))?),
+        );
+        let up = Linear::new(
+            vb.pp("up").get_with_hints((d, bottleneck), "weight", candle_nn::Init::Const(0.0))?,
+            Some(vb.pp("up").get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?),
+        );
+        Ok(Self { router, ln, down, up })
+    }
+
+    pub fn scores(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(normalize_last_dim(x)?.broadcast_mul(&self.router)?.sum(D::Minus1)?)
+    }
+
+    pub fn light(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.down.forward(&self.ln.forward(x)?)?;
+        let h = Gelu::Exact.apply(h)?;
+        Ok(self.up.forward(&h)?)
+    }
+}
+
+/// A conditional encoder layer: router + light adapter on every frame + the frozen layer on
+/// the routed frames.
+pub struct CodaLayer {
+    pub dense: Arc<DenseLayer>,
+    pub adapter: Adapter,
+    pub epsilon: f64,
+    pub iterations: usize,
+    pub bottleneck: usize,
+}
+
+impl CodaLayer {
+    fn adapter_flops(&self, n: usize) -> f64 {
+        let (n, d, b) = (n as f64, self.dense.d as f64, self.bottleneck as f64);
+        // router dot product + two projections
+        2.0 * n * d + 4.0 * n * d * b
+    }
+}
+
+impl EncoderBlock for CodaLayer {
+    fn forward(&self, x: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, BlockStats)> {
+        let (batch, n, _) = x.dims3()?;
+        let r = opts.reduction.max(1.0);
+        let k = ((n as f64 / r).ceil() as usize).clamp(1, n);
+        let light = (x + self.adapter.light(x)?)?;
+        let flops = batch as f64 * (layer_flops(k, self.dense.d, self.dense.ffn) + self.adapter_flops(n));
+        if k == n {
+            // r = 1: every frame through the heavy layer with λ = 1.
+            let delta = (self.dense.run(x)? - x)?;
+            return Ok(((light + delta)?, BlockStats { heavy_frames: n, flops }));
+        }
+        let scores = self.adapter.scores(x)?;
+        let lambda = soft_top_k(&scores, k, self.epsilon, self.iterations)?;
+        let score_rows: Vec<Vec<f32>> = scores.detach().to_dtype(DType::F32)?.to_vec2()?;
+        let mut rows = Vec::with_capacity(batch);
+        for (bi, row) in score_rows.iter().enumerate() {
+            let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;
+            let xb = x.narrow(0, bi, 1)?;
+            let sel = xb.index_select(&idx, 1)?;
+            let delta = (self.dense.run(&sel)? - &sel)?;
+            let lam = lambda.narrow(0, bi, 1)?.index_select(&idx, 1)?.unsqueeze(2)?;
+            let weighted = delta.broadcast_mul(&lam)?;
+            rows.push(light.narrow(0, bi, 1)?.index_add(&idx, &weighted, 1)?);
+        }
+        let y = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? };
+        Ok((y, BlockStats { heavy_frames: k, flops }))
+    }
+}
+
+/// Adapter weights and their config, as shipped under `models/`.
+pub struct CodaWeights {
+    pub config: CodaConfig,
+    pub vars: VarMap,
+}
+
+impl CodaWeights {
+    /// Fresh (untrained) adapters for the given encoder: zero up-projections.
+    pub fn fresh(config: CodaConfig, d: usize, device: &Device) -> Result<Self> {
+        let vars = VarMap::new();
+        {
+            let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+            for &l in &config.layers {
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck)?;
+            }
+        }
+        Ok(Self { config, vars })
+    }
+
+    pub fn load(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let cfg_path = dir.join("coda.json");
+        let config: CodaConfig = serde_json::from_str(
+            &std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?,
+        )
+        .with_context(|| format!("{}: not a CoDA config", cfg_path.display()))?;
+        let vars = VarMap::new();
+        let weights = dir.join("adapters.safetensors");
+        {
+            let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
+            // Create the variables with the right shapes, then fill them from the file.
+            let d = candle_core::safetensors::load(&weights, device)
+                .with_context(|| format!("{}: cannot read adapter weights", weights.display()))?
+                .get(&format!("layers.{}.router", config.layers.first().copied().unwrap_or(0)))
+                .map(|t| t.dim(0))
+                .transpose()?
+                .context("adapter weights have no router for the first adapted layer")?;
+            for &l in &config.layers {
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck)?;
+            }
+        }
+        let mut vars = vars;
+        vars.load(&weights).with_context(|| format!("{}: adapter weights do not match coda.json", weights.display()))?;
+        Ok(Self { config, vars })
+    }
+
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        self.vars.save(dir.join("adapters.safetensors"))?;
+        std::fs::write(dir.join("coda.json"), serde_json::to_string_pretty(&self.config)? + "\n")?;
+        Ok(())
+    }
+
+    /// Conditional layers wrapping the encoder's dense ones (sharing the trainable variables).
+    pub fn layers(&self, dense: &[Arc<DenseLayer>]) -> Result<Vec<(usize, CodaLayer)>> {
+        let device = self.vars.data().lock().expect("var map lock").values().next().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
+        let vb = VarBuilder::from_varmap(&self.vars, DType::F32, &device);
+        self.config
+            .layers
+            .iter()
+            .map(|&l| {
+                ensure!(l < dense.len(), "CoDA layer {l} but the encoder has {} layers", dense.len());
+                let adapter = Adapter::load(vb.pp(format!("layers.{l}")), dense[l].d, self.config.bottleneck)?;
+                Ok((
+                    l,
+                    CodaLayer {
+                        dense: dense[l].clone(),
+                        adapter,
+                        epsilon: self.config.epsilon,
+                        iterations: self.config.iterations,
+                        bottleneck: self.config.bottleneck,
+                    },
+                ))
+            })
+            .collect()
+    }
+}

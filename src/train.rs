@@ -1,0 +1,256 @@
+//! `coda-asr train`: the light-weight phase of CoDA. The pretrained Whisper stays frozen; the
+//! routers and adapters learn by distillation from the dense model on the same audio, so no
+//! transcripts are needed:
+//! - KL(dense ‖ CoDA) of the decoder's next-token distributions, teacher-forced on the dense
+//!   model's own greedy transcript;
+//! - MSE between the encoder outputs, audio frames weighted 1 and padding frames `pad_weight`.
+//!
+//! One adapter set serves every budget: r is drawn per step from the configured set.
+
+use crate::audio;
+use crate::mel::{MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
+use crate::model::coda::{CodaConfig, CodaWeights};
+use crate::model::{EncodeOptions, EncoderBlock, WhisperModel};
+use crate::transcribe::Transcriber;
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Tensor, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub manifest: PathBuf,
+    pub out_dir: PathBuf,
+    pub max_minutes: f64,
+    pub max_steps: usize,
+    pub seed: u64,
+    pub lr: f64,
+    pub kl_weight: f64,
+    pub mse_weight: f64,
+    pub pad_weight: f64,
+    pub checkpoint_minutes: f64,
+    pub resume: bool,
+    pub layers: Option<Vec<usize>>,
+    pub bottleneck: usize,
+    pub reductions: Vec<f64>,
+    /// Clips of audio shorter/longer than this are made by crops and concatenation.
+    pub min_seconds: f64,
+    pub max_seconds: f64,
+}
+
+/// Seeded generator for data sampling and initialisation (splitmix64).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0xC0DA_5EED)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.uniform()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    pub fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform().max(1e-12), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// One augmented training example: 16 kHz audio of min..max seconds built from random clips
+/// (concatenated when short, cropped when long), with random gain, speed and added noise.
+pub fn make_example(clips: &[Vec<f32>], rng: &mut Rng, min_s: f64, max_s: f64) -> Vec<f32> {
+    let target = (rng.range(min_s, max_s) * SAMPLE_RATE as f64) as usize;
+    let mut audio = Vec::with_capacity(target + SAMPLE_RATE);
+    while audio.len() < target {
+        let clip = &clips[rng.below(clips.len())];
+        // A short pause between concatenated utterances, as in running speech.
+        if !audio.is_empty() {
+            audio.extend(std::iter::repeat_n(0.0, (rng.range(0.1, 0.6) * SAMPLE_RATE as f64) as usize));
+        }
+        audio.extend_from_slice(clip);
+    }
+    let start = rng.below(audio.len() - target + 1);
+    let mut audio = audio[start..start + target].to_vec();
+    if rng.uniform() < 0.3 {
+        // Speed perturbation by resampling: 0.9–1.1× (tempo and pitch together).
+        let factor = rng.range(0.9, 1.1);
+        let from = (SAMPLE_RATE as f64 * factor).round() as usize;
+        if let Ok(resampled) = audio::resample(&audio, from, SAMPLE_RATE) {
+            audio = resampled;
+        }
+    }
+    let gain = 10f64.powf(rng.range(-10.0, 4.0) / 20.0) as f32;
+    let rms = (audio.iter().map(|&x| (x * x) as f64).sum::<f64>() / audio.len().max(1) as f64).sqrt();
+    let noise_rms = if rng.uniform() < 0.3 { rms / 10f64.powf(rng.range(10.0, 30.0) / 20.0) } else { 0.0 };
+    for x in audio.iter_mut() {
+        *x = (*x + (noise_rms * rng.normal()) as f32) * gain;
+        *x = x.clamp(-1.0, 1.0);
+    }
+    audio
+}
+
+fn load_clips(manifest: &std::path::Path) -> Result<Vec<Vec<f32>>> {
+    let entries = crate::eval::read_manifest(manifest)?;
+    entries.iter().map(|e| Ok(audio::load_mono_16k(&e.wav)?)).collect()
+}
+
+/// Initialise fresh adapters deterministically from the seed (router ~ N(0, 0.02²), down
+/// projections Kaiming-normal, up projections zero).
+fn seeded_fresh(config: CodaConfig, model: &WhisperModel, rng: &mut Rng) -> Result<CodaWeights> {
+    let d = model.config.d_model;
+    let weights = CodaWeights::fresh(config, d, &model.device)?;
+    let data = weights.vars.data().lock().expect("var map lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let shape = var.shape().clone();
+        let n = shape.elem_count();
+        let std = if name.ends_with(".router") {
+            0.02
+        } else if name.ends_with("down.weight") {
+            (2.0 / d as f64).sqrt()
+        } else {
+            continue;
+        };
+        let values: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
+        var.set(&Tensor::from_vec(values, shape, &model.device)?)?;
+    }
+    drop(data);
+    Ok(weights)
+}
+
+pub struct StepLog {
+    pub step: usize,
+    pub reduction: f64,
+    pub loss: f64,
+    pub kl: f64,
+    pub mse: f64,
+}
+
+/// Train adapters; writes `adapters.safetensors`, `coda.json` and `train_log.csv` into
+/// `opts.out_dir`, checkpointing as it goes. `progress` sees every step.
+pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn FnMut(&StepLog, f64)) -> Result<Vec<StepLog>> {
+    ensure!(!opts.reductions.is_empty(), "no reduction factors to train for");
+    let mut rng = Rng::new(opts.seed);
+    let clips = load_clips(&opts.manifest)?;
+    ensure!(!clips.is_empty(), "{}: no training clips", opts.manifest.display());
+    let base_sha = model.weights_sha256()?;
+    let layers = opts.layers.clone().unwrap_or_else(|| (0..model.config.encoder_layers).collect());
+    let weights = if opts.resume && opts.out_dir.join("coda.json").is_file() {
+        CodaWeights::load(&opts.out_dir, &model.device).context("--resume: cannot load the checkpoint")?
+    } else {
+        let mut config = CodaConfig::new(layers, &model.name(), &base_sha);
+        config.bottleneck = opts.bottleneck;
+        config.reductions = opts.reductions.clone();
+        seeded_fresh(config, model, &mut rng)?
+    };
+    ensure!(weights.config.base_model_sha256 == base_sha, "checkpoint was trained on another base model");
+    let mut weights = weights;
+    weights.config.training = serde_json::json!({
+        "manifest": opts.manifest.display().to_string(),
+        "seed": opts.seed, "lr": opts.lr, "kl_weight": opts.kl_weight, "mse_weight": opts.mse_weight,
+        "pad_weight": opts.pad_weight, "max_minutes": opts.max_minutes, "max_steps": opts.max_steps,
+        "clip_seconds": [opts.min_seconds, opts.max_seconds],
+    });
+    let student_layers = {
+        let mut all: Vec<Arc<dyn EncoderBlock>> = model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
+        for (i, layer) in weights.layers(&model.encoder.dense_layers)? {
+            all[i] = Arc::new(layer);
+        }
+        all
+    };
+    let mut optimizer = AdamW::new(weights.vars.all_vars(), ParamsAdamW { lr: opts.lr, weight_decay: 0.0, ..Default::default() })?;
+    let mel = MelFrontend::new(model.config.num_mel_bins);
+    model.encoder.uninstall();
+    let transcriber = Transcriber::new(model);
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("{}: cannot create", opts.out_dir.display()))?;
+    let log_path = opts.out_dir.join("train_log.csv");
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    if log.metadata()?.len() == 0 {
+        writeln!(log, "step,elapsed_s,reduction,loss,kl,mse")?;
+    }
+    let start = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    let mut history = Vec::new();
+    let dev = &model.device;
+    for step in 0..opts.max_steps {
+        if start.elapsed().as_secs_f64() > opts.max_minutes * 60.0 {
+            break;
+        }
+        let audio = make_example(&clips, &mut rng, opts.min_seconds, opts.max_seconds);
+        let m = mel.compute(&audio, CHUNK_SAMPLES);
+        let window = Tensor::from_vec(m.window(0, CHUNK_FRAMES, 0.0), (1, model.config.num_mel_bins, CHUNK_FRAMES), dev)?;
+        let reduction = opts.reductions[rng.below(opts.reductions.len())];
+
+        // Teacher: the frozen dense model and its own greedy transcript.
+        let (teacher_enc, _) = model.encoder.forward_dense(&window)?;
+        let (prefix, target) = transcriber.greedy_tokens(&teacher_enc)?;
+        let mut tokens = prefix.clone();
+        tokens.extend(&target);
+        let input = Tensor::new(tokens.as_slice(), dev)?.unsqueeze(0)?;
+        // Positions whose next token is predicted: the last prefix token onwards.
+        let first = prefix.len() - 1;
+        let count = tokens.len() - first;
+        let teacher_logits = {
+            let mut state = model.decoder.start(&teacher_enc)?;
+            let h = model.decoder.forward(&input, &mut state)?.narrow(1, first, count)?.squeeze(0)?;
+            model.decoder.logits(&h)?
+        };
+        let teacher_p = candle_nn::ops::softmax(&teacher_logits, D::Minus1)?;
+        let teacher_logp = candle_nn::ops::log_softmax(&teacher_logits, D::Minus1)?;
+
+        // Student: CoDA layers at this step's r.
+        let (student_enc, _) = model.encoder.forward_with(&student_layers, &window, &EncodeOptions { reduction })?;
+        let student_logits = {
+            let mut state = model.decoder.start(&student_enc)?;
+            let h = model.decoder.forward(&input, &mut state)?.narrow(1, first, count)?.squeeze(0)?;
+            model.decoder.logits(&h)?
+        };
+        let student_logp = candle_nn::ops::log_softmax(&student_logits, D::Minus1)?;
+        let kl = (teacher_p * (teacher_logp - student_logp)?)?.sum(D::Minus1)?.mean_all()?;
+
+        // Encoder MSE, audio frames weighted 1, padding frames pad_weight.
+        let audio_frames = (audio.len() / HOP_LENGTH).div_ceil(2).min(CHUNK_FRAMES / 2);
+        let frame_weights: Vec<f32> =
+            (0..CHUNK_FRAMES / 2).map(|i| if i < audio_frames { 1.0 } else { opts.pad_weight as f32 }).collect();
+        let fw = Tensor::from_vec(frame_weights, (1, CHUNK_FRAMES / 2, 1), dev)?;
+        let sq = (student_enc - teacher_enc)?.sqr()?.broadcast_mul(&fw)?;
+        let mse = (sq.sum_all()? / (fw.sum_all()?.to_scalar::<f32>()? as f64 * model.config.d_model as f64))?;
+
+        let loss = ((kl.clone() * opts.kl_weight)? + (mse.clone() * opts.mse_weight)?)?;
+        optimizer.backward_step(&loss)?;
+        let entry = StepLog {
+            step,
+            reduction,
+            loss: loss.to_dtype(DType::F64)?.to_scalar()?,
+            kl: kl.to_dtype(DType::F64)?.to_scalar()?,
+            mse: mse.to_dtype(DType::F64)?.to_scalar()?,
+        };
+        let elapsed = start.elapsed().as_secs_f64();
+        writeln!(log, "{},{:.1},{},{:.5},{:.5},{:.5}", entry.step, elapsed, entry.reduction, entry.loss, entry.kl, entry.mse)?;
+        progress(&entry, elapsed);
+        history.push(entry);
+        if last_checkpoint.elapsed().as_secs_f64() > opts.checkpoint_minutes * 60.0 {
+            weights.save(&opts.out_dir)?;
+            last_checkpoint = Instant::now();
+        }
+    }
+    weights.save(&opts.out_dir)?;
+    model.install_coda(weights)?;
+    Ok(history)
+}
