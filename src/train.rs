@@ -169,7 +169,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     });
     let student_layers = {
         let mut all: Vec<Arc<dyn EncoderBlock>> = model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
-        for (i, layer) in weights.layers(&model.encoder.dense_layers)? {
+        for (i, layer) in weights.layers(&model.encoder.dense_layers, true)? {
             all[i] = Arc::new(layer);
         }
         all

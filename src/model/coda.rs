@@ -54,22 +54,45 @@ impl CodaConfig {
 }
 
 /// Soft top-k weights λ for scores s [b, n]: Σλ = k per row, 0 ≤ λ ≤ 1, monotone in s.
-/// Iterates a ← ε ln k − ε logsumexp((s + b)/ε), b ← min(−s − a, 0); λ = exp((s + a + b)/ε).
+/// The CoLT5 iteration a ← ε ln k − ε logsumexp((s + b)/ε), b ← min(−s − a, 0), with
+/// λ = exp((s + a + b)/ε), converges slowly when k is a large share of n, so it starts from its
+/// fixed point, found exactly by bisection (Σ exp(min(s + a, 0)/ε) = k is monotone in a); the
+/// differentiable iterations then stay there and carry the gradient to s.
 pub fn soft_top_k(scores: &Tensor, k: usize, epsilon: f64, iterations: usize) -> Result<Tensor> {
     let n = scores.dim(D::Minus1)?;
     ensure!(k >= 1 && k <= n, "soft top-k: k = {k} with {n} scores");
     if k == n {
         return Ok(scores.ones_like()?);
     }
+    let rows: Vec<Vec<f32>> = scores.detach().to_dtype(DType::F32)?.flatten_to(D::Minus2)?.to_vec2()?;
+    let a0: Vec<f32> = rows.iter().map(|r| solve_threshold(r, k, epsilon) as f32).collect();
+    let mut a = Tensor::from_vec(a0, scores.dims()[..scores.rank() - 1].to_vec(), scores.device())?.unsqueeze(D::Minus1)?;
     let ln_k = (k as f64).ln();
-    let mut b = scores.zeros_like()?;
-    let mut a = scores.narrow(D::Minus1, 0, 1)?.zeros_like()?;
+    let mut b = scores.broadcast_add(&a)?.neg()?.minimum(0f64)?;
     for _ in 0..iterations {
         let z = ((scores + &b)? / epsilon)?;
         a = ((logsumexp_last(&z)? * -epsilon)? + epsilon * ln_k)?;
         b = scores.broadcast_add(&a)?.neg()?.minimum(0f64)?;
     }
     Ok((scores.broadcast_add(&a)? + &b)?.affine(1.0 / epsilon, 0.0)?.exp()?)
+}
+
+/// The a with Σ exp(min(s_i + a, 0)/ε) = k, by bisection in f64.
+fn solve_threshold(s: &[f32], k: usize, epsilon: f64) -> f64 {
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let min = s.iter().copied().fold(f32::INFINITY, f32::min) as f64;
+    let mass = |a: f64| s.iter().map(|&x| ((x as f64 + a).min(0.0) / epsilon).exp()).sum::<f64>();
+    // At a = −min every term is 1 (mass n ≥ k); far below −max the mass vanishes.
+    let (mut lo, mut hi) = (-max - epsilon * (s.len() as f64).ln() - 50.0 * epsilon, -min);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mass(mid) < k as f64 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
 }
 
 /// logsumexp over the last dimension, keeping it (differentiable, stable).
@@ -153,13 +176,13 @@ impl EncoderBlock for CodaLayer {
         let (batch, n, _) = x.dims3()?;
         let r = opts.reduction.max(1.0);
         let k = ((n as f64 / r).ceil() as usize).clamp(1, n);
-        let light = (x + self.adapter.light(x)?)?;
         let flops = batch as f64 * (layer_flops(k, self.dense.d, self.dense.ffn) + self.adapter_flops(n));
         if k == n {
-            // r = 1: every frame through the heavy layer with λ = 1.
-            let delta = (self.dense.run(x)? - x)?;
-            return Ok(((light + delta)?, BlockStats { heavy_frames: n, flops }));
+            // r = 1: every frame through the heavy layer with λ = 1; written as dense + adapter
+            // so that zero adapters give the dense output bit for bit.
+            return Ok(((self.dense.run(x)? + self.adapter.light(x)?)?, BlockStats { heavy_frames: n, flops }));
         }
+        let light = (x + self.adapter.light(x)?)?;
         let scores = self.adapter.scores(x)?;
         let lambda = soft_top_k(&scores, k, self.epsilon, self.iterations)?;
         let score_rows: Vec<Vec<f32>> = scores.detach().to_dtype(DType::F32)?.to_vec2()?;
@@ -230,10 +253,19 @@ impl CodaWeights {
         Ok(())
     }
 
-    /// Conditional layers wrapping the encoder's dense ones (sharing the trainable variables).
-    pub fn layers(&self, dense: &[Arc<DenseLayer>]) -> Result<Vec<(usize, CodaLayer)>> {
-        let device = self.vars.data().lock().expect("var map lock").values().next().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
-        let vb = VarBuilder::from_varmap(&self.vars, DType::F32, &device);
+    /// Conditional layers wrapping the encoder's dense ones. `trainable` layers share the
+    /// variables (gradients are tracked through them); otherwise they hold detached copies, so
+    /// inference runs the fast, untracked kernels.
+    pub fn layers(&self, dense: &[Arc<DenseLayer>], trainable: bool) -> Result<Vec<(usize, CodaLayer)>> {
+        let data = self.vars.data().lock().expect("var map lock");
+        let device = data.values().next().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
+        let vb = if trainable {
+            VarBuilder::from_varmap(&self.vars, DType::F32, &device)
+        } else {
+            let frozen: std::collections::HashMap<String, Tensor> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+            VarBuilder::from_tensors(frozen, DType::F32, &device)
+        };
+        drop(data);
         self.config
             .layers
             .iter()

@@ -112,7 +112,7 @@ impl WhisperModel {
     }
 
     pub fn install_coda(&mut self, weights: coda::CodaWeights) -> Result<()> {
-        let layers = weights.layers(&self.encoder.dense_layers)?;
+        let layers = weights.layers(&self.encoder.dense_layers, false)?;
         self.encoder.install(layers.into_iter().map(|(i, l)| (i, std::sync::Arc::new(l) as std::sync::Arc<dyn EncoderBlock>)).collect());
         self.coda = Some(weights);
         Ok(())
