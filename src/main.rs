@@ -25,6 +25,9 @@ enum Command {
     /// Score transcription against a manifest: WER, per-stage time, RTF and encoder cost.
     #[command(after_help = "Examples:\n  coda-asr eval --manifest ../shared/speech/dev.tsv --json dense.json --markdown dense.md\n  coda-asr eval --compare dense.json coda-r4.json")]
     Eval(EvalArgs),
+    /// Time the encoder on one real 30 s window: dense against CoDA at each r, in one run.
+    #[command(after_help = "Example:\n  coda-asr bench --reductions 2,4,8 --repeats 5")]
+    Bench(BenchArgs),
     /// Train CoDA routers and adapters by distillation from the frozen dense model.
     #[command(after_help = "Example (the command that produced the shipped adapters is in the README):\n  coda-asr train --manifest ../shared/speech/train.tsv --out models/coda-tiny.en --max-minutes 60 --seed 1")]
     Train(TrainArgs),
@@ -48,6 +51,17 @@ struct ModelArgs {
     /// Adapter directory (coda.json + adapters.safetensors); default models/coda-<model>/.
     #[arg(long, value_name = "DIR")]
     coda: Option<PathBuf>,
+    /// A training-free baseline instead of CoDA: `topk-norm` (heavy layers on the top-k frames
+    /// by L2 norm, the rest unchanged; r from --reduction) or `audio-ctx` (encode only the
+    /// frames holding audio, as whisper.cpp's audio_ctx).
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Baseline {
+    TopkNorm,
+    AudioCtx,
 }
 
 #[derive(Args, Clone)]
@@ -80,10 +94,11 @@ struct DecodeArgs {
 }
 
 impl DecodeArgs {
-    fn options(&self, model: &WhisperModel) -> TranscribeOptions {
-        let reduction = match &model.coda {
-            Some(c) => self.reduction.unwrap_or(c.config.default_reduction),
-            None => 1.0,
+    fn options(&self, model: &WhisperModel, baseline: Option<Baseline>) -> TranscribeOptions {
+        let reduction = match (&model.coda, baseline) {
+            (Some(c), _) => self.reduction.unwrap_or(c.config.default_reduction),
+            (None, Some(Baseline::TopkNorm)) => self.reduction.unwrap_or(1.0),
+            (None, _) => 1.0,
         };
         let mut o = TranscribeOptions {
             language: self.language.clone(),
@@ -93,6 +108,7 @@ impl DecodeArgs {
             without_timestamps: self.without_timestamps,
             encode: EncodeOptions { reduction },
             seed: self.seed,
+            audio_ctx: baseline == Some(Baseline::AudioCtx),
             ..Default::default()
         };
         if self.no_fallback {
@@ -142,6 +158,20 @@ struct EvalArgs {
     model: ModelArgs,
     #[command(flatten)]
     decode: DecodeArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Audio whose first 30 s window is encoded.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/LJ001-0001.wav"))]
+    audio: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
+    reductions: Vec<f64>,
+    /// Timed runs per configuration (the median is reported; one warm-up run is not timed).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Args)]
@@ -221,6 +251,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd_eval(a),
         Command::Import(a) => cmd_import(a),
         Command::Train(a) => cmd_train(a),
+        Command::Bench(a) => cmd_bench(a),
     };
     match result {
         Ok(code) => code,
@@ -237,7 +268,11 @@ fn load_model(args: &ModelArgs) -> Result<WhisperModel> {
     }
     let dir = resolve_model_dir(&args.model)?;
     let mut model = WhisperModel::load(&dir, &candle_core::Device::Cpu)?;
-    if !args.dense {
+    if let Some(Baseline::TopkNorm) = args.baseline {
+        model.encoder.install(coda_asr::model::baselines::top_k_norm_layers(&model.encoder.dense_layers));
+        return Ok(model);
+    }
+    if !args.dense && args.baseline.is_none() {
         match (&args.coda, model.default_coda_dir()) {
             (Some(dir), _) => model.attach_coda(dir)?,
             (None, Some(dir)) => model.attach_coda(&dir)?,
@@ -293,7 +328,7 @@ fn cmd_transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     }
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
-    let opts = args.decode.options(&model);
+    let opts = args.decode.options(&model, args.model.baseline);
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     }
@@ -365,10 +400,12 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     }
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
-    let opts = args.decode.options(&model);
-    let label = args.label.clone().unwrap_or_else(|| match &model.coda {
-        Some(_) => format!("{} CoDA r={}", model.name(), opts.encode.reduction),
-        None => format!("{} dense", model.name()),
+    let opts = args.decode.options(&model, args.model.baseline);
+    let label = args.label.clone().unwrap_or_else(|| match (&model.coda, args.model.baseline) {
+        (Some(_), _) => format!("{} CoDA r={}", model.name(), opts.encode.reduction),
+        (None, Some(Baseline::TopkNorm)) => format!("{} top-k by norm r={}", model.name(), opts.encode.reduction),
+        (None, Some(Baseline::AudioCtx)) => format!("{} audio_ctx", model.name()),
+        (None, None) => format!("{} dense", model.name()),
     });
     let pb = ProgressBar::with_draw_target(Some(entries.len() as u64), indicatif::ProgressDrawTarget::stderr());
     pb.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})").expect("static template"));
@@ -389,6 +426,32 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     }
     print!("{}", eval::compare_markdown(std::slice::from_ref(&report.summary)));
     Ok(if report.summary.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
+    let model = load_model(&args.model)?;
+    let audio = coda_asr::audio::load_mono_16k(&args.audio)?;
+    let t = Transcriber::new(&model);
+    let mel = t.log_mel(&audio);
+    let frames = coda_asr::mel::CHUNK_FRAMES;
+    let window = candle_core::Tensor::from_vec(mel.window(0, frames, 0.0), (1, model.config.num_mel_bins, frames), &model.device)?;
+    let time = |run: &dyn Fn() -> Result<coda_asr::model::EncodeStats>| -> Result<(f64, coda_asr::model::EncodeStats)> {
+        let stats = run()?;
+        let mut ms: Vec<f64> = (0..args.repeats.max(1)).map(|_| run().map(|s| s.ms)).collect::<Result<_>>()?;
+        ms.sort_by(f64::total_cmp);
+        Ok((ms[ms.len() / 2], stats))
+    };
+    let (dense_ms, dense_stats) = time(&|| Ok(model.encoder.forward_dense(&window)?.1))?;
+    println!("| encoder | r | ms / 30 s window (median of {}) | speed-up vs dense | GFLOP | heavy frames per layer |", args.repeats);
+    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    println!("| dense | 1 | {dense_ms:.1} | 1.00x | {:.1} | {:?} |", dense_stats.flops / 1e9, dense_stats.heavy_frames);
+    let name = if model.coda.is_some() { "CoDA" } else if args.model.baseline.is_some() { "baseline" } else { "dense" };
+    for &r in &args.reductions {
+        let opts = EncodeOptions { reduction: r };
+        let (ms, stats) = time(&|| Ok(model.encoder.forward(&window, &opts)?.1))?;
+        println!("| {name} | {r} | {ms:.1} | {:.2}x | {:.1} | {:?} |", dense_ms / ms, stats.flops / 1e9, stats.heavy_frames);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_train(args: TrainArgs) -> Result<ExitCode> {

@@ -40,6 +40,9 @@ pub struct TranscribeOptions {
     pub max_initial_timestamp: f32,
     pub encode: EncodeOptions,
     pub seed: u64,
+    /// Baseline (whisper.cpp's audio_ctx): encode only the mel frames that hold audio instead
+    /// of a padded 30 s window, with a length guard on decoding (such windows often never end).
+    pub audio_ctx: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -57,6 +60,7 @@ impl Default for TranscribeOptions {
             max_initial_timestamp: 1.0,
             encode: EncodeOptions::default(),
             seed: 0,
+            audio_ctx: false,
         }
     }
 }
@@ -232,8 +236,10 @@ impl<'m> Transcriber<'m> {
         while seek < content_frames {
             let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let segment_size = CHUNK_FRAMES.min(content_frames - seek);
-            let window = mel.window(seek, CHUNK_FRAMES, 0.0);
-            let (features, stats) = self.encode_window(&window, CHUNK_FRAMES, &opts.encode)?;
+            // audio_ctx: only the frames with audio (even count for the stride-2 stem).
+            let frames = if opts.audio_ctx { (segment_size + segment_size % 2).clamp(2, CHUNK_FRAMES) } else { CHUNK_FRAMES };
+            let window = mel.window(seek, frames, 0.0);
+            let (features, stats) = self.encode_window(&window, frames, &opts.encode)?;
             timings.encoder_ms += stats.ms;
             accumulate(&mut encoder_total, &stats);
             timings.windows += 1;
@@ -429,7 +435,8 @@ impl<'m> Transcriber<'m> {
         };
         let mut tried: Vec<DecodeResult> = Vec::new();
         for &temperature in &opts.temperatures {
-            let result = self.sample(stepper.clone(), first_logits.clone(), initial.len(), temperature, opts, rng, token_count)?;
+            let result =
+                self.sample(stepper.clone(), first_logits.clone(), initial.len(), temperature, opts, rng, token_count, features.dim(1)?)?;
             let mut result = DecodeResult { no_speech_prob, ..result };
             result.compression_ratio = compression_ratio(&result.text);
             let too_repetitive = opts.compression_ratio_threshold.is_some_and(|cr| result.compression_ratio > cr as f64);
@@ -466,10 +473,18 @@ impl<'m> Transcriber<'m> {
         opts: &TranscribeOptions,
         rng: &mut Rng,
         token_count: &mut usize,
+        audio_frames: usize,
     ) -> Result<DecodeResult> {
         let tok = &self.model.tokenizer;
         let dec = &self.model.decoder;
-        let sample_len = dec.max_positions / 2;
+        let mut sample_len = dec.max_positions / 2;
+        if opts.audio_ctx {
+            // Length guard for the audio_ctx baseline: ~6 tokens a second of audio plus slack
+            // (read speech runs at 3–4 tokens a second with timestamps). Each encoder frame is
+            // 20 ms.
+            let seconds = audio_frames as f64 * 0.02;
+            sample_len = sample_len.min(10 + (6.0 * seconds).ceil() as usize);
+        }
         let mut generated: Vec<u32> = Vec::new();
         let mut sum_logprob = 0f64;
         let max_initial = (opts.max_initial_timestamp as f64 / TIME_PRECISION).round() as usize;

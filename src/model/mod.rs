@@ -1,6 +1,7 @@
 //! The Whisper model: configuration, weights, tokenizer, encoder and decoder.
 
 pub mod config;
+pub mod baselines;
 pub mod coda;
 pub mod ct2;
 pub mod decoder;

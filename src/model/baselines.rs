@@ -1,0 +1,42 @@
+//! Training-free ways to cut encoder cost, kept as baselines for CoDA in the same harness:
+//! - [`TopKNormLayer`]: each layer runs its heavy branch on the top-k frames by L2 norm and
+//!   passes the rest through unchanged (no adapters, no learned router).
+//! - whisper.cpp's `audio_ctx` (encode only the frames that hold audio) lives in the
+//!   transcriber as [`crate::transcribe::TranscribeOptions::audio_ctx`].
+
+use super::coda::top_k_in_time_order;
+use super::encoder::{layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
+use anyhow::Result;
+use candle_core::{Tensor, D};
+use std::sync::Arc;
+
+pub struct TopKNormLayer {
+    pub dense: Arc<DenseLayer>,
+}
+
+impl EncoderBlock for TopKNormLayer {
+    fn forward(&self, x: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, BlockStats)> {
+        let (batch, n, _) = x.dims3()?;
+        let k = ((n as f64 / opts.reduction.max(1.0)).ceil() as usize).clamp(1, n);
+        let flops = batch as f64 * layer_flops(k, self.dense.d, self.dense.ffn);
+        if k == n {
+            return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
+        }
+        let norms: Vec<Vec<f32>> = x.sqr()?.sum(D::Minus1)?.to_vec2()?;
+        let mut rows = Vec::with_capacity(batch);
+        for (bi, row) in norms.iter().enumerate() {
+            let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;
+            let xb = x.narrow(0, bi, 1)?;
+            let sel = xb.index_select(&idx, 1)?;
+            let delta = (self.dense.run(&sel)? - &sel)?;
+            rows.push(xb.index_add(&idx, &delta, 1)?);
+        }
+        let y = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? };
+        Ok((y, BlockStats { heavy_frames: k, flops }))
+    }
+}
+
+/// Every encoder layer as a norm-routed top-k layer.
+pub fn top_k_norm_layers(dense: &[Arc<DenseLayer>]) -> Vec<(usize, Arc<dyn EncoderBlock>)> {
+    dense.iter().enumerate().map(|(i, l)| (i, Arc::new(TopKNormLayer { dense: l.clone() }) as Arc<dyn EncoderBlock>)).collect()
+}
