@@ -69,6 +69,8 @@ pub fn soft_top_k(scores: &Tensor, k: usize, epsilon: f64, iterations: usize) ->
     let mut a = Tensor::from_vec(a0, scores.dims()[..scores.rank() - 1].to_vec(), scores.device())?.unsqueeze(D::Minus1)?;
     let ln_k = (k as f64).ln();
     let mut b = scores.broadcast_add(&a)?.neg()?.minimum(0f64)?;
+    // Without gradients the iterations would only confirm the fixed point: skip them.
+    let iterations = if scores.track_op() { iterations } else { 0 };
     for _ in 0..iterations {
         let z = ((scores + &b)? / epsilon)?;
         a = ((logsumexp_last(&z)? * -epsilon)? + epsilon * ln_k)?;
