@@ -4,7 +4,9 @@
 pub mod audio;
 pub mod mel;
 pub mod model;
+pub mod stream;
 pub mod train;
 pub mod transcribe;
+pub mod tui;
 pub mod eval;
 pub mod output;

@@ -25,6 +25,11 @@ enum Command {
     /// Score transcription against a manifest: WER, per-stage time, RTF and encoder cost.
     #[command(after_help = "Examples:\n  coda-asr eval --manifest ../shared/speech/dev.tsv --json dense.json --markdown dense.md\n  coda-asr eval --compare dense.json coda-r4.json")]
     Eval(EvalArgs),
+    /// Live transcription from a microphone, or a file replayed at real-time pace (--input).
+    #[command(after_help = "Examples:\n  coda-asr live --no-tui\n  coda-asr live --input talk.wav --speed 2 --no-tui --format jsonl\n  coda-asr live --device 1 --budget 0.4 --save notes.txt --record session.wav")]
+    Live(LiveArgs),
+    /// List audio input devices.
+    Devices,
     /// Time the encoder on one real 30 s window: dense against CoDA at each r, in one run.
     #[command(after_help = "Example:\n  coda-asr bench --reductions 2,4,8 --repeats 5")]
     Bench(BenchArgs),
@@ -161,6 +166,48 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct LiveArgs {
+    /// Replay this file through the capture path instead of a microphone.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Replay speed for --input (1 = real time).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Input device index or name (see `coda-asr devices`); default device otherwise.
+    #[arg(long)]
+    device: Option<String>,
+    /// Seconds of new audio between re-transcriptions.
+    #[arg(long, default_value_t = 1.0)]
+    step: f64,
+    /// Compute / audio ratio to stay under; r is raised when above.
+    #[arg(long, default_value_t = 0.5)]
+    budget: f64,
+    /// Fix the reduction factor instead of adapting it.
+    #[arg(long)]
+    reduction: Option<f64>,
+    /// Print to stdout instead of the terminal UI.
+    #[arg(long)]
+    no_tui: bool,
+    /// stdout format without the UI: text (finals) or jsonl (partial, final and stats events).
+    #[arg(long, value_enum, default_value = "text")]
+    format: LiveFormat,
+    /// Append finals to this file.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Keep the 16 kHz audio in this WAV file.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LiveFormat {
+    Text,
+    Jsonl,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// Audio whose first 30 s window is encoded.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/LJ001-0001.wav"))]
@@ -252,6 +299,8 @@ fn main() -> ExitCode {
         Command::Import(a) => cmd_import(a),
         Command::Train(a) => cmd_train(a),
         Command::Bench(a) => cmd_bench(a),
+        Command::Live(a) => cmd_live(a),
+        Command::Devices => cmd_devices(),
     };
     match result {
         Ok(code) => code,
@@ -426,6 +475,151 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     }
     print!("{}", eval::compare_markdown(std::slice::from_ref(&report.summary)));
     Ok(if report.summary.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn cmd_devices() -> Result<ExitCode> {
+    let devices = coda_asr::stream::source::list_devices()?;
+    if devices.is_empty() {
+        println!("no audio input devices");
+    }
+    for d in devices {
+        println!("{}{} {}", d.index, if d.is_default { "*" } else { " " }, d.name);
+        for c in d.configs {
+            println!("     {c}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
+    use coda_asr::stream::{run_recognizer, source, Control, Event, StreamOptions};
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let model = load_model(&args.model)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Keep the capture stream alive for the whole session.
+    let (_stream, _replay, queue) = match &args.input {
+        Some(path) => {
+            let (handle, q) = source::start_file_replay(path, args.speed, stop.clone())?;
+            (None, Some(handle), q)
+        }
+        None => {
+            let (stream, q) = source::start_capture(args.device.as_deref())?;
+            (Some(stream), None, q)
+        }
+    };
+    let (audio_tx, audio_rx) = crossbeam_channel::unbounded::<Vec<f32>>();
+    let (tap_tx, tap_rx) = crossbeam_channel::unbounded::<Vec<f32>>();
+    let _resampler = source::start_resampler(queue.clone(), tap_tx)?;
+    // Recording sits between resampler and recogniser so it never slows capture.
+    let mut recorder = match &args.record {
+        Some(path) => Some(
+            hound::WavWriter::create(path, hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int })
+                .with_context(|| format!("{}: cannot create", path.display()))?,
+        ),
+        None => None,
+    };
+    let tap = std::thread::spawn(move || -> Result<()> {
+        for chunk in tap_rx {
+            if let Some(w) = recorder.as_mut() {
+                for &s in &chunk {
+                    w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+                }
+            }
+            if audio_tx.send(chunk).is_err() {
+                break;
+            }
+        }
+        if let Some(w) = recorder {
+            w.finalize()?;
+        }
+        Ok(())
+    });
+    let (control_tx, control_rx) = crossbeam_channel::unbounded::<Control>();
+    {
+        let control_tx = control_tx.clone();
+        let stop = stop.clone();
+        let queue = queue.clone();
+        ctrlc::set_handler(move || {
+            stop.store(true, Ordering::Relaxed);
+            queue.finished.store(true, Ordering::Release);
+            let _ = control_tx.send(Control::Stop);
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let reductions = match &model.coda {
+        Some(c) => {
+            let mut r = c.config.reductions.clone();
+            r.push(1.0);
+            r
+        }
+        None => Vec::new(),
+    };
+    let opts = StreamOptions {
+        step_s: args.step,
+        budget: args.budget,
+        start_reduction: model.coda.as_ref().map_or(1.0, |c| c.config.default_reduction),
+        fixed_reduction: args.reduction,
+        reductions,
+        speed: if args.input.is_some() { args.speed } else { 1.0 },
+        ..Default::default()
+    };
+    let (event_tx, event_rx) = crossbeam_channel::unbounded::<Event>();
+    let mut save = match &args.save {
+        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("{}: cannot open", p.display()))?),
+        None => None,
+    };
+    let transcriber = Transcriber::new(&model);
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = std::thread::scope(|scope| -> Result<bool> {
+        let recognizer = scope.spawn(|| run_recognizer(&transcriber, audio_rx, control_rx, event_tx, opts, dropped.clone()));
+        let mut failed = false;
+        if args.no_tui {
+            let stdout = std::io::stdout();
+            for event in event_rx {
+                dropped.store(queue.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
+                let mut out = stdout.lock();
+                match (&event, args.format) {
+                    (Event::Final { text, .. }, LiveFormat::Text) => writeln!(out, "{text}")?,
+                    (Event::Error { message }, _) => {
+                        eprintln!("error: {message}");
+                        failed = true;
+                    }
+                    (_, LiveFormat::Jsonl) => writeln!(out, "{}", serde_json::to_string(&event)?)?,
+                    _ => {}
+                }
+                out.flush()?;
+                if let (Event::Final { text, .. }, Some(f)) = (&event, save.as_mut()) {
+                    writeln!(f, "{text}")?;
+                }
+                if matches!(event, Event::Ended) {
+                    break;
+                }
+            }
+        } else {
+            failed = coda_asr::tui::run(event_rx, control_tx.clone(), save.as_mut(), &model.name(), &queue)?;
+        }
+        stop.store(true, Ordering::Relaxed);
+        queue.finished.store(true, Ordering::Release);
+        match recognizer.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                eprintln!("error: {e:#}");
+                failed = true;
+            }
+            Err(_) => bail!("the recogniser thread panicked"),
+        }
+        Ok(failed)
+    })?;
+    if let Ok(Err(e)) = tap.join() {
+        eprintln!("error: recording: {e:#}");
+    }
+    if let Some(msg) = queue.failure.lock().ok().and_then(|f| f.clone()) {
+        eprintln!("error: {msg}; the transcript so far is kept");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {

@@ -1,0 +1,205 @@
+//! LocalAgreement-2 (Macháček et al., whisper_streaming, arXiv 2307.14743): a word becomes
+//! final once two consecutive hypotheses of the growing buffer agree on it (and on everything
+//! before it). Finals never change and are never repeated; the rest is a partial.
+
+/// A word with absolute times (seconds from the start of the stream).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    pub text: String,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// Comparison key: case and punctuation do not decide agreement ("Hello," = "hello").
+fn key(w: &str) -> String {
+    w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect()
+}
+
+#[derive(Debug, Default)]
+pub struct LocalAgreement {
+    /// Every word made final so far.
+    committed: Vec<Word>,
+    /// How many of the last committed words are still spoken in the buffer (each new
+    /// hypothesis starts with them and they must not be committed twice).
+    in_buffer: usize,
+    /// The uncommitted tail of the previous hypothesis.
+    previous: Vec<Word>,
+}
+
+impl LocalAgreement {
+    pub fn committed(&self) -> &[Word] {
+        &self.committed
+    }
+
+    /// Committed words whose audio has left the buffer: the prompt for the next pass (words
+    /// still in the buffer must not be in the prompt, or Whisper skips them in one pass and
+    /// not the next).
+    pub fn prompt_words(&self) -> &[Word] {
+        &self.committed[..self.committed.len() - self.in_buffer]
+    }
+
+    /// End time of the last final word (0 before any).
+    pub fn committed_end(&self) -> f64 {
+        self.committed.last().map_or(0.0, |w| w.end)
+    }
+
+    /// Feed a new hypothesis of the whole buffer. Returns the words that just became final;
+    /// the partial is then [`Self::partial`].
+    pub fn update(&mut self, hypothesis: Vec<Word>) -> Vec<Word> {
+        let fresh = self.drop_already_committed(hypothesis);
+        let agreed = self.previous.iter().zip(&fresh).take_while(|(a, b)| key(&a.text) == key(&b.text)).count();
+        let newly: Vec<Word> = fresh[..agreed].to_vec();
+        self.committed.extend(newly.iter().cloned());
+        self.in_buffer += newly.len();
+        self.previous = fresh[agreed..].to_vec();
+        newly
+    }
+
+    /// Make everything pending final (end of speech or of the stream).
+    pub fn flush(&mut self) -> Vec<Word> {
+        let rest = std::mem::take(&mut self.previous);
+        self.committed.extend(rest.iter().cloned());
+        self.in_buffer += rest.len();
+        rest
+    }
+
+    /// The buffer was cut at stream time `cut`: committed words that ended well before it are
+    /// no longer heard; the last couple stay, since word times are estimates.
+    pub fn trimmed(&mut self, cut: f64) {
+        let still = self.committed.iter().rev().take_while(|w| w.end > cut - 0.3).count();
+        self.in_buffer = still.max(self.in_buffer.min(2)).min(self.committed.len());
+    }
+
+    /// The buffer was emptied.
+    pub fn cleared(&mut self) {
+        self.in_buffer = 0;
+        self.previous.clear();
+    }
+
+    pub fn partial(&self) -> &[Word] {
+        &self.previous
+    }
+
+    /// The buffer still holds audio that was already committed, so a hypothesis starts by
+    /// repeating committed words. Word times are estimates, so they are matched by text: the
+    /// hypothesis prefix closest (by word edit distance) to the committed words still in the
+    /// buffer is dropped.
+    fn drop_already_committed(&self, hypothesis: Vec<Word>) -> Vec<Word> {
+        let c: Vec<String> = self.committed[self.committed.len() - self.in_buffer..].iter().map(|w| key(&w.text)).collect();
+        if c.is_empty() {
+            return hypothesis;
+        }
+        let h: Vec<String> = hypothesis.iter().map(|w| key(&w.text)).collect();
+        // d[j] after row i: edits between c[..i] and h[..j].
+        let mut d: Vec<usize> = (0..=h.len()).collect();
+        for (i, ci) in c.iter().enumerate() {
+            let mut next = vec![i + 1; h.len() + 1];
+            for j in 1..=h.len() {
+                let sub = d[j - 1] + usize::from(*ci != h[j - 1]);
+                next[j] = sub.min(d[j] + 1).min(next[j - 1] + 1);
+            }
+            d = next;
+        }
+        // Best prefix length; ties go to the length nearest the committed count.
+        let best = (0..=h.len()).min_by_key(|&j| (d[j], j.abs_diff(c.len()))).unwrap_or(0);
+        hypothesis.into_iter().skip(best).collect()
+    }
+}
+
+/// Split segments into words with times spread over each segment by character count.
+pub fn segments_to_words(segments: &[(f64, f64, String)]) -> Vec<Word> {
+    let mut out = Vec::new();
+    for (start, end, text) in segments {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let total: usize = words.iter().map(|w| w.len()).sum::<usize>().max(1);
+        let mut t = *start;
+        for w in words {
+            let dur = (end - start) * w.len() as f64 / total as f64;
+            out.push(Word { text: w.to_string(), start: t, end: t + dur });
+            t += dur;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str, start: f64) -> Vec<Word> {
+        text.split_whitespace().enumerate().map(|(i, w)| Word { text: w.into(), start: start + i as f64 * 0.5, end: start + i as f64 * 0.5 + 0.4 }).collect()
+    }
+
+    fn texts(ws: &[Word]) -> Vec<&str> {
+        ws.iter().map(|w| w.text.as_str()).collect()
+    }
+
+    #[test]
+    fn commits_the_prefix_two_hypotheses_agree_on() {
+        let mut p = LocalAgreement::default();
+        assert!(p.update(words("the cat", 0.0)).is_empty(), "nothing is final after one hypothesis");
+        assert_eq!(texts(p.partial()), ["the", "cat"]);
+        let fin = p.update(words("the cat sat on", 0.0));
+        assert_eq!(texts(&fin), ["the", "cat"]);
+        assert_eq!(texts(p.partial()), ["sat", "on"]);
+        // A revision of the partial: only the agreeing prefix ("sat") becomes final.
+        let fin = p.update(words("the cat sat in the hat", 0.0));
+        assert_eq!(texts(&fin), ["sat"]);
+        assert_eq!(texts(p.partial()), ["in", "the", "hat"]);
+    }
+
+    #[test]
+    fn finals_are_never_repeated_when_the_buffer_still_holds_them() {
+        let mut p = LocalAgreement::default();
+        p.update(words("one two three", 0.0));
+        let a = p.update(words("one two three four", 0.0));
+        assert_eq!(texts(&a), ["one", "two", "three"]);
+        // The buffer still starts at 0 s: the committed words come back in the hypothesis.
+        let b = p.update(words("one two three four five", 0.0));
+        assert_eq!(texts(&b), ["four"]);
+        let all: Vec<&str> = texts(p.committed());
+        assert_eq!(all, ["one", "two", "three", "four"]);
+    }
+
+    #[test]
+    fn agreement_ignores_case_and_punctuation() {
+        let mut p = LocalAgreement::default();
+        p.update(words("Hello world", 0.0));
+        let fin = p.update(words("hello, world.", 0.0));
+        assert_eq!(fin.len(), 2);
+    }
+
+    #[test]
+    fn after_trimming_the_repeated_head_is_dropped() {
+        let mut p = LocalAgreement::default();
+        p.update(words("alpha beta gamma", 0.0));
+        p.update(words("alpha beta gamma delta", 0.0));
+        // Buffer cut at 1.2 s: "gamma" (ends 1.4 s) is still heard.
+        p.trimmed(1.2);
+        let fin = p.update(words("gamma delta epsilon", 1.0));
+        assert_eq!(texts(&fin), ["delta"]);
+        let rest = p.flush();
+        assert_eq!(texts(&rest), ["epsilon"]);
+        assert_eq!(texts(p.committed()), ["alpha", "beta", "gamma", "delta", "epsilon"]);
+    }
+
+    #[test]
+    fn a_misheard_committed_word_is_still_skipped() {
+        let mut p = LocalAgreement::default();
+        p.update(words("it was a matter", 0.0));
+        p.update(words("it was a matter of", 0.0));
+        // The next pass hears "it is a matter of course": the committed head differs in one
+        // word but is still recognised as already said.
+        let fin = p.update(words("it is a matter of course", 0.0));
+        assert_eq!(texts(&fin), ["of"]);
+        assert_eq!(texts(p.partial()), ["course"]);
+    }
+
+    #[test]
+    fn words_get_times_spread_over_their_segment() {
+        let w = segments_to_words(&[(1.0, 2.0, " ab abcdef ab".into())]);
+        assert_eq!(w.len(), 3);
+        assert!((w[0].start - 1.0).abs() < 1e-9 && (w[2].end - 2.0).abs() < 1e-9);
+        assert!(w[1].end - w[1].start > w[0].end - w[0].start);
+    }
+}

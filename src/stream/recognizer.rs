@@ -1,0 +1,348 @@
+//! The streaming recogniser thread.
+//!
+//! It keeps a buffer of at most `max_buffer_s` of 16 kHz audio. While the voice gate is open it
+//! re-transcribes the buffer every `step_s` of new audio (the first time after `first_step_s`,
+//! so a partial appears soon after speech starts), prompted with the committed text, and
+//! commits what two consecutive hypotheses agree on. When speech stops (or the stream ends)
+//! everything pending becomes final and the buffer is cleared; while it runs long, the buffer
+//! is trimmed at the end of the committed words so latency and cost stay bounded.
+
+use super::controller::BudgetController;
+use super::policy::{segments_to_words, LocalAgreement, Word};
+use super::vad::Vad;
+use crate::model::EncodeOptions;
+use crate::transcribe::{TranscribeOptions, Transcriber};
+use anyhow::Result;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RATE: f64 = 16_000.0;
+
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    pub step_s: f64,
+    pub first_step_s: f64,
+    pub max_buffer_s: f64,
+    /// Trim the buffer once it is longer than this.
+    pub trim_s: f64,
+    pub budget: f64,
+    /// Available reduction factors (empty: dense encoder, nothing to adapt).
+    pub reductions: Vec<f64>,
+    pub start_reduction: f64,
+    pub fixed_reduction: Option<f64>,
+    pub vad_hangover_s: f64,
+    /// Audio kept before speech onset so the first word is not cut.
+    pub preroll_s: f64,
+    /// Playback speed of a replayed file (1 for a microphone): converts wall time to audio time.
+    pub speed: f64,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            step_s: 1.0,
+            first_step_s: 0.5,
+            max_buffer_s: 28.0,
+            trim_s: 12.0,
+            budget: 0.5,
+            reductions: Vec::new(),
+            start_reduction: 1.0,
+            fixed_reduction: None,
+            vad_hangover_s: 0.6,
+            preroll_s: 0.4,
+            speed: 1.0,
+        }
+    }
+}
+
+/// What the monitor shows; one per processing step.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamStats {
+    /// Audio received so far, seconds.
+    pub audio_s: f64,
+    pub buffer_s: f64,
+    pub step_compute_ms: f64,
+    /// Compute time / audio time, smoothed.
+    pub load: f64,
+    pub budget: f64,
+    pub reduction: f64,
+    pub can_adapt: bool,
+    pub heavy_fraction: Vec<f64>,
+    /// Encoder FLOPs saved against the dense encoder on the same input, percent.
+    pub flops_saved_pct: f64,
+    pub dropped_samples: u64,
+    pub speech: bool,
+    pub level_db: f64,
+    /// Audio end → text final, seconds, of the last final.
+    pub last_latency_s: f64,
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event {
+    Partial { text: String, start: f64, end: f64 },
+    Final { text: String, start: f64, end: f64, emitted_at: f64, latency_s: f64 },
+    Stats(StreamStats),
+    Error { message: String },
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    Pause(bool),
+    SetBudget(f64),
+    /// None = automatic.
+    SetReduction(Option<f64>),
+    Stop,
+}
+
+struct State<'a> {
+    t: &'a Transcriber<'a>,
+    opts: StreamOptions,
+    policy: LocalAgreement,
+    vad: Vad,
+    controller: BudgetController,
+    buffer: Vec<f32>,
+    /// Stream time of buffer[0].
+    buffer_start: f64,
+    received: usize,
+    since_step: usize,
+    speech_in_buffer: bool,
+    started: Instant,
+    stats: StreamStats,
+    events: Sender<Event>,
+    dropped: Arc<AtomicU64>,
+    paused: bool,
+}
+
+impl State<'_> {
+    fn now_audio(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * self.opts.speed
+    }
+
+    fn send(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    fn emit_finals(&mut self, words: Vec<Word>) {
+        if words.is_empty() {
+            return;
+        }
+        let emitted_at = self.now_audio().min(self.received as f64 / RATE + self.stats.step_compute_ms / 1e3);
+        let text = words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
+        let (start, end) = (words[0].start, words[words.len() - 1].end);
+        let latency = (emitted_at - end).max(0.0);
+        self.stats.last_latency_s = latency;
+        self.send(Event::Final { text, start, end, emitted_at, latency_s: latency });
+    }
+
+    fn emit_partial(&self) {
+        let p = self.policy.partial();
+        let text = p.iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
+        let (start, end) = (p.first().map_or(0.0, |w| w.start), p.last().map_or(0.0, |w| w.end));
+        self.send(Event::Partial { text, start, end });
+    }
+
+    /// Re-transcribe the buffer and commit what agrees.
+    fn process(&mut self) -> Result<()> {
+        if self.buffer.len() < 1600 {
+            return Ok(());
+        }
+        let step_audio = self.since_step as f64 / RATE;
+        self.since_step = 0;
+        let r = self.controller.reduction();
+        let prompt = self.policy.prompt_words();
+        let committed_text: String = prompt[prompt.len().saturating_sub(40)..].iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
+        let topts = TranscribeOptions {
+            initial_prompt: (!committed_text.is_empty()).then_some(committed_text),
+            condition_on_previous_text: false,
+            encode: EncodeOptions { reduction: r },
+            // Keep a step's cost predictable: one greedy pass, no sampling retries.
+            temperatures: vec![0.0],
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let tr = self.t.transcribe(&self.buffer, &topts, &mut |_| {})?;
+        let compute = t0.elapsed().as_secs_f64();
+        let segs: Vec<(f64, f64, String)> =
+            tr.segments.iter().map(|s| (s.start + self.buffer_start, s.end + self.buffer_start, s.text.clone())).collect();
+        if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
+            eprintln!("[{:.2}+{:.2}s r={r}] {:?}", self.buffer_start, self.buffer.len() as f64 / RATE, tr.text);
+        }
+        self.stats.step_compute_ms = compute * 1e3;
+        // A repetition loop (greedy decoding's failure mode) is not a hypothesis: keep the last.
+        if tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
+            self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
+            return Ok(());
+        }
+        let finals = self.policy.update(segments_to_words(&segs));
+        self.emit_finals(finals);
+        self.emit_partial();
+        self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
+        self.stats.heavy_fraction = tr.encoder.heavy_fraction();
+        self.stats.flops_saved_pct = if tr.encoder.dense_flops > 0.0 { 100.0 * (1.0 - tr.encoder.flops / tr.encoder.dense_flops) } else { 0.0 };
+        self.trim();
+        Ok(())
+    }
+
+    /// Drop audio that only holds committed words once the buffer runs long.
+    fn trim(&mut self) {
+        let len_s = self.buffer.len() as f64 / RATE;
+        if len_s > self.opts.max_buffer_s {
+            // Nothing agreed for too long: make it final rather than grow past one window.
+            let rest = self.policy.flush();
+            self.emit_finals(rest);
+            self.clear_buffer();
+            return;
+        }
+        if len_s > self.opts.trim_s {
+            let cut_at = self.policy.committed_end() - self.buffer_start;
+            if cut_at > 1.0 {
+                let n = ((cut_at * RATE) as usize).min(self.buffer.len());
+                self.buffer.drain(..n);
+                self.buffer_start += n as f64 / RATE;
+                self.policy.trimmed(self.buffer_start);
+            }
+        }
+    }
+
+    fn clear_buffer(&mut self) {
+        self.buffer_start += self.buffer.len() as f64 / RATE;
+        self.buffer.clear();
+        self.speech_in_buffer = false;
+        self.policy.cleared();
+    }
+
+    /// End of an utterance: one last pass, then everything pending is final.
+    fn finish_utterance(&mut self) -> Result<()> {
+        if self.speech_in_buffer {
+            self.process()?;
+            let rest = self.policy.flush();
+            self.emit_finals(rest);
+            self.emit_partial();
+        }
+        self.clear_buffer();
+        Ok(())
+    }
+
+    fn push_audio(&mut self, chunk: &[f32]) -> Result<()> {
+        self.received += chunk.len();
+        if self.paused {
+            return Ok(());
+        }
+        let was_speaking = self.vad.is_speech();
+        let speech = self.vad.push(chunk);
+        self.buffer.extend_from_slice(chunk);
+        self.since_step += chunk.len();
+        if speech {
+            self.speech_in_buffer = true;
+        }
+        if !self.speech_in_buffer {
+            // Idle: keep only a short pre-roll.
+            let keep = (self.opts.preroll_s * RATE) as usize;
+            if self.buffer.len() > keep {
+                let n = self.buffer.len() - keep;
+                self.buffer.drain(..n);
+                self.buffer_start += n as f64 / RATE;
+            }
+            self.since_step = 0;
+            return Ok(());
+        }
+        if was_speaking && !self.vad.is_speech() {
+            return self.finish_utterance();
+        }
+        let due = if self.policy.partial().is_empty() && self.policy.committed_end() < self.buffer_start + 0.01 {
+            self.opts.first_step_s
+        } else {
+            self.opts.step_s
+        };
+        if self.since_step as f64 / RATE >= due {
+            self.process()?;
+        }
+        Ok(())
+    }
+
+    fn publish_stats(&mut self) {
+        self.stats.audio_s = self.received as f64 / RATE;
+        self.stats.buffer_s = self.buffer.len() as f64 / RATE;
+        self.stats.load = self.controller.load;
+        self.stats.budget = self.controller.budget;
+        self.stats.reduction = self.controller.reduction();
+        self.stats.can_adapt = self.controller.can_adapt();
+        self.stats.dropped_samples = self.dropped.load(Ordering::Relaxed);
+        self.stats.speech = self.vad.is_speech();
+        self.stats.level_db = self.vad.level_db;
+        self.stats.paused = self.paused;
+        self.send(Event::Stats(self.stats.clone()));
+    }
+}
+
+/// Run until the audio channel closes or `Stop` arrives; always ends with finals flushed and
+/// an `Ended` event.
+pub fn run_recognizer(
+    t: &Transcriber,
+    audio: Receiver<Vec<f32>>,
+    control: Receiver<Control>,
+    events: Sender<Event>,
+    opts: StreamOptions,
+    dropped: Arc<AtomicU64>,
+) -> Result<()> {
+    let mut controller = BudgetController::new(opts.reductions.clone(), opts.budget, opts.start_reduction);
+    controller.fixed = opts.fixed_reduction;
+    let mut s = State {
+        t,
+        vad: Vad::new(opts.vad_hangover_s),
+        controller,
+        opts,
+        policy: LocalAgreement::default(),
+        buffer: Vec::new(),
+        buffer_start: 0.0,
+        received: 0,
+        since_step: 0,
+        speech_in_buffer: false,
+        started: Instant::now(),
+        stats: StreamStats::default(),
+        events,
+        dropped,
+        paused: false,
+    };
+    let result = (|| -> Result<()> {
+        loop {
+            while let Ok(c) = control.try_recv() {
+                match c {
+                    Control::Pause(p) => s.paused = p,
+                    Control::SetBudget(b) => s.controller.budget = b,
+                    Control::SetReduction(r) => s.controller.fixed = r,
+                    Control::Stop => return Ok(()),
+                }
+            }
+            match audio.recv_timeout(Duration::from_millis(100)) {
+                Ok(chunk) => {
+                    let mut chunks = vec![chunk];
+                    // Catch up on everything that arrived during the last step.
+                    chunks.extend(audio.try_iter());
+                    let before = s.stats.step_compute_ms;
+                    for c in &chunks {
+                        s.push_audio(c)?;
+                    }
+                    if s.stats.step_compute_ms != before || chunks.len() > 1 {
+                        s.publish_stats();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => s.publish_stats(),
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    })();
+    if let Err(e) = &result {
+        s.send(Event::Error { message: format!("{e:#}") });
+    }
+    let _ = s.finish_utterance();
+    s.publish_stats();
+    s.send(Event::Ended);
+    result
+}

@@ -1,0 +1,134 @@
+//! Energy voice-activity gate with an adaptive noise floor.
+//!
+//! Audio is cut into 30 ms frames; a frame is loud when its level is 12 dB above the tracked
+//! noise floor and above −50 dBFS. The floor follows quiet frames quickly and loud ones very
+//! slowly, so steady noise (a fan, a running tap) becomes the floor instead of "speech".
+//! Speech starts after 3 loud frames in 5 and ends after `hangover` of quiet. The recogniser
+//! does nothing while the gate is closed, which is what keeps Whisper from inventing "Thank
+//! you." on silence and keeps the CPU idle.
+
+pub const FRAME: usize = 480; // 30 ms at 16 kHz
+
+#[derive(Debug, Clone)]
+pub struct Vad {
+    floor_db: f64,
+    pending: Vec<f32>,
+    recent: std::collections::VecDeque<bool>,
+    speaking: bool,
+    quiet_frames: usize,
+    hangover_frames: usize,
+    pub threshold_db: f64,
+    pub min_level_db: f64,
+    /// Level of the last frame, dBFS (for the level meter).
+    pub level_db: f64,
+}
+
+impl Vad {
+    pub fn new(hangover_s: f64) -> Self {
+        Self {
+            floor_db: -60.0,
+            pending: Vec::with_capacity(FRAME),
+            recent: std::collections::VecDeque::with_capacity(5),
+            speaking: false,
+            quiet_frames: 0,
+            hangover_frames: (hangover_s * 16_000.0 / FRAME as f64).ceil() as usize,
+            threshold_db: 12.0,
+            min_level_db: -50.0,
+            level_db: -120.0,
+        }
+    }
+
+    pub fn is_speech(&self) -> bool {
+        self.speaking
+    }
+
+    pub fn noise_floor_db(&self) -> f64 {
+        self.floor_db
+    }
+
+    /// Feed samples; returns whether any frame in them was inside speech.
+    pub fn push(&mut self, samples: &[f32]) -> bool {
+        let mut any = false;
+        for &s in samples {
+            self.pending.push(s);
+            if self.pending.len() == FRAME {
+                let energy = self.pending.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / FRAME as f64;
+                self.pending.clear();
+                any |= self.frame(10.0 * energy.max(1e-12).log10());
+            }
+        }
+        any
+    }
+
+    fn frame(&mut self, level_db: f64) -> bool {
+        self.level_db = level_db;
+        let loud = level_db > self.floor_db + self.threshold_db && level_db > self.min_level_db;
+        // Floor: fast down (1 frame), slow up (~10 s to rise 10 dB) so speech does not lift it.
+        if level_db < self.floor_db {
+            self.floor_db = level_db.max(-100.0);
+        } else {
+            self.floor_db += if loud { 0.01 } else { 0.05 } * (level_db - self.floor_db).min(10.0) / 10.0 * 3.0;
+        }
+        if self.recent.len() == 5 {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(loud);
+        let loud_recent = self.recent.iter().filter(|&&l| l).count();
+        if !self.speaking && loud_recent >= 3 {
+            self.speaking = true;
+            self.quiet_frames = 0;
+        } else if self.speaking {
+            if loud {
+                self.quiet_frames = 0;
+            } else {
+                self.quiet_frames += 1;
+                if self.quiet_frames >= self.hangover_frames {
+                    self.speaking = false;
+                }
+            }
+        }
+        self.speaking
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(seconds: f64, amp: f32) -> Vec<f32> {
+        (0..(seconds * 16_000.0) as usize).map(|i| amp * (i as f32 * 0.1).sin()).collect()
+    }
+
+    fn noise(seconds: f64, amp: f32, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..(seconds * 16_000.0) as usize)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                amp * (((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn silence_is_not_speech_and_a_loud_burst_is() {
+        let mut v = Vad::new(0.5);
+        assert!(!v.push(&vec![0.0; 16_000]));
+        assert!(v.push(&tone(1.0, 0.3)));
+        assert!(v.is_speech());
+        v.push(&vec![0.0; 16_000]);
+        assert!(!v.is_speech(), "speech ends after the hangover");
+    }
+
+    #[test]
+    fn steady_noise_becomes_the_floor() {
+        let mut v = Vad::new(0.5);
+        let n = noise(20.0, 0.2, 7);
+        v.push(&n[..16_000]);
+        // After a few seconds the steady noise no longer opens the gate.
+        v.push(&n[16_000..16_000 * 10]);
+        assert!(!v.push(&n[16_000 * 10..]), "floor {} level {}", v.noise_floor_db(), v.level_db);
+        // Speech well above the noise still does.
+        let loud: Vec<f32> = tone(1.0, 0.9).iter().zip(&n).map(|(a, b)| a + b).collect();
+        assert!(v.push(&loud));
+    }
+}
