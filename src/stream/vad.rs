@@ -1,17 +1,22 @@
 //! Energy voice-activity gate with an adaptive noise floor.
 //!
-//! Audio is cut into 30 ms frames; a frame is loud when its level is 12 dB above the tracked
-//! noise floor and above −50 dBFS. The floor follows quiet frames quickly and loud ones very
-//! slowly, so steady noise (a fan, a running tap) becomes the floor instead of "speech".
+//! Audio is cut into 30 ms frames; a frame is loud when its level is 12 dB above the noise
+//! floor and above −50 dBFS. The floor is the quietest frame of the last two seconds (minimum
+//! statistics): speech always has quieter gaps between syllables, so the floor stays at the
+//! background, while steady noise (a fan, a running tap) lifts the floor to itself and stops
+//! counting as speech within two seconds.
 //! Speech starts after 3 loud frames in 5 and ends after `hangover` of quiet. The recogniser
 //! does nothing while the gate is closed, which is what keeps Whisper from inventing "Thank
 //! you." on silence and keeps the CPU idle.
 
 pub const FRAME: usize = 480; // 30 ms at 16 kHz
+/// Frames over which the floor is the minimum (2 s).
+const FLOOR_FRAMES: usize = 67;
 
 #[derive(Debug, Clone)]
 pub struct Vad {
     floor_db: f64,
+    history: std::collections::VecDeque<f64>,
     pending: Vec<f32>,
     recent: std::collections::VecDeque<bool>,
     speaking: bool,
@@ -27,6 +32,7 @@ impl Vad {
     pub fn new(hangover_s: f64) -> Self {
         Self {
             floor_db: -60.0,
+            history: std::collections::VecDeque::with_capacity(FLOOR_FRAMES),
             pending: Vec::with_capacity(FRAME),
             recent: std::collections::VecDeque::with_capacity(5),
             speaking: false,
@@ -62,13 +68,12 @@ impl Vad {
 
     fn frame(&mut self, level_db: f64) -> bool {
         self.level_db = level_db;
-        let loud = level_db > self.floor_db + self.threshold_db && level_db > self.min_level_db;
-        // Floor: fast down (1 frame), slow up (~10 s to rise 10 dB) so speech does not lift it.
-        if level_db < self.floor_db {
-            self.floor_db = level_db.max(-100.0);
-        } else {
-            self.floor_db += if loud { 0.01 } else { 0.05 } * (level_db - self.floor_db).min(10.0) / 10.0 * 3.0;
+        if self.history.len() == FLOOR_FRAMES {
+            self.history.pop_front();
         }
+        self.history.push_back(level_db);
+        self.floor_db = self.history.iter().copied().fold(f64::INFINITY, f64::min).max(-100.0);
+        let loud = level_db > self.floor_db + self.threshold_db && level_db > self.min_level_db;
         if self.recent.len() == 5 {
             self.recent.pop_front();
         }
@@ -122,13 +127,14 @@ mod tests {
     #[test]
     fn steady_noise_becomes_the_floor() {
         let mut v = Vad::new(0.5);
+        v.push(&vec![0.0; 16_000]);
         let n = noise(20.0, 0.2, 7);
-        v.push(&n[..16_000]);
-        // After a few seconds the steady noise no longer opens the gate.
-        v.push(&n[16_000..16_000 * 10]);
-        assert!(!v.push(&n[16_000 * 10..]), "floor {} level {}", v.noise_floor_db(), v.level_db);
-        // Speech well above the noise still does.
-        let loud: Vec<f32> = tone(1.0, 0.9).iter().zip(&n).map(|(a, b)| a + b).collect();
-        assert!(v.push(&loud));
+        // Noise starting out of silence opens the gate at first…
+        v.push(&n[..16_000 * 3]);
+        // …but within a few seconds it is the floor, and no longer does.
+        assert!(!v.push(&n[16_000 * 3..]), "floor {} level {}", v.noise_floor_db(), v.level_db);
+        // A syllable-like burst well above the noise still does.
+        let burst: Vec<f32> = (0..16_000).map(|i| if (i / 4000) % 2 == 0 { 0.9 * (i as f32 * 0.1).sin() + n[i] } else { n[i] }).collect();
+        assert!(v.push(&burst));
     }
 }

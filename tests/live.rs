@@ -1,0 +1,109 @@
+//! Live path: the capture queue and resampler with a fake device, the monitor's layout, and
+//! `coda-asr live --input` end to end on a real clip and on noise.
+
+mod common;
+use coda_asr::stream::source::{start_resampler, CaptureQueue};
+use coda_asr::stream::{Event, StreamStats};
+use coda_asr::tui::state::App;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+#[test]
+fn fake_device_callback_reaches_the_recogniser_at_16k_mono() {
+    // A 48 kHz stereo "device" delivering 10 ms callbacks of a 440 Hz tone.
+    let queue = CaptureQueue::new(2, 48_000, 10.0);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let resampler = start_resampler(queue.clone(), tx).unwrap();
+    let q = queue.clone();
+    let device = std::thread::spawn(move || {
+        let mut callback_buffer = vec![0f32; 960];
+        for block in 0..200 {
+            for i in 0..480 {
+                let t = (block * 480 + i) as f32 / 48_000.0;
+                let v = 0.5 * (2.0 * std::f32::consts::PI * 440.0 * t).sin();
+                callback_buffer[2 * i] = v;
+                callback_buffer[2 * i + 1] = v;
+            }
+            // What the cpal callback does with the buffer it is handed.
+            q.push_all(callback_buffer.iter().copied());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        q.finished.store(true, Ordering::Release);
+    });
+    device.join().unwrap();
+    let audio: Vec<f32> = rx.iter().flatten().collect();
+    resampler.join().unwrap();
+    assert_eq!(queue.dropped.load(Ordering::Relaxed), 0);
+    assert!((audio.len() as i64 - 32_000).abs() < 1100, "{} samples for 2 s", audio.len());
+    let mid = &audio[4000..28000];
+    let crossings = mid.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count();
+    assert!((crossings as i64 - 1320).abs() <= 4, "{crossings} zero crossings in 1.5 s of 440 Hz");
+}
+
+#[test]
+fn a_full_queue_counts_drops_instead_of_blocking() {
+    let queue = CaptureQueue::new(1, 16_000, 0.01);
+    queue.push_all(std::iter::repeat_n(0.1f32, 500));
+    assert_eq!(queue.dropped.load(Ordering::Relaxed), 340);
+}
+
+#[test]
+fn monitor_layout_fits_80_by_24() {
+    let mut app = App::new("tiny.en");
+    app.apply(Event::Final { text: "Printing, in the only sense".into(), start: 0.0, end: 2.0, emitted_at: 3.0, latency_s: 1.0 });
+    app.apply(Event::Partial { text: "with which we are".into(), start: 2.0, end: 3.0 });
+    app.apply(Event::Stats(StreamStats {
+        audio_s: 3.5,
+        buffer_s: 3.5,
+        step_compute_ms: 180.0,
+        load: 0.31,
+        budget: 0.5,
+        reduction: 4.0,
+        can_adapt: true,
+        heavy_fraction: vec![0.25, 0.25, 0.25, 0.25],
+        flops_saved_pct: 71.0,
+        dropped_samples: 0,
+        speech: true,
+        level_db: -23.0,
+        last_latency_s: 1.0,
+        paused: false,
+    }));
+    let backend = ratatui::backend::TestBackend::new(80, 24);
+    let mut terminal = ratatui::Terminal::new(backend).unwrap();
+    terminal.draw(|f| coda_asr::tui::view::draw(f, &app)).unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    let lines: Vec<String> = (0..24).map(|y| (0..80).map(|x| buffer[(x, y)].symbol().to_string()).collect()).collect();
+    let screen = lines.join("\n");
+    for expected in ["transcript", "Printing, in the only sense with which we are", "r = 4", "heavy frames % per layer: 25/25/25/25", "FLOPs saved vs dense: 71%", "voice: speech", "q quit"] {
+        assert!(screen.contains(expected), "missing {expected:?} in\n{screen}");
+    }
+    // The partial is drawn dimmed, the finals are not.
+    let row = lines.iter().position(|l| l.contains("with which")).unwrap();
+    let col = lines[row].find("with which").unwrap();
+    assert!(buffer[(col as u16, row as u16)].modifier.contains(ratatui::style::Modifier::DIM));
+    let col = lines[row].find("Printing").unwrap();
+    assert!(!buffer[(col as u16, row as u16)].modifier.contains(ratatui::style::Modifier::DIM));
+}
+
+#[test]
+fn live_replay_of_a_real_clip_gives_its_words() {
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let out = Command::new(common::binary()).args(["live", "--dense", "--no-tui", "--speed", "2", "--input"]).arg(&wav).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition";
+    let counts = coda_asr::eval::score(reference, &stdout.replace('\n', " "));
+    assert!(counts.wer() < 15.0, "WER {:.1}: {stdout}", counts.wer());
+}
+
+#[test]
+fn live_replay_of_noise_gives_no_words() {
+    let speech = common::speech_dir();
+    let manifest = coda_asr::eval::read_manifest(&speech.join("noise.tsv")).unwrap();
+    for entry in manifest {
+        let out = Command::new(common::binary()).args(["live", "--dense", "--no-tui", "--speed", "8", "--input"]).arg(&entry.wav).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(coda_asr::eval::normalize::normalize(&stdout).is_empty(), "{}: {stdout:?}", entry.id);
+    }
+}
