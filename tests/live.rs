@@ -107,3 +107,81 @@ fn live_replay_of_noise_gives_no_words() {
         assert!(coda_asr::eval::normalize::normalize(&stdout).is_empty(), "{}: {stdout:?}", entry.id);
     }
 }
+
+/// A private PulseAudio server with a null sink, torn down on drop.
+struct PulseServer {
+    child: std::process::Child,
+    socket: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PulseServer {
+    fn start() -> PulseServer {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("native");
+        let child = Command::new("pulseaudio")
+            .args(["-n", "--daemonize=no", "--exit-idle-time=-1", "--load=module-null-sink sink_name=null"])
+            .arg(format!("--load=module-native-protocol-unix socket={}", socket.display()))
+            .env("PULSE_RUNTIME_PATH", dir.path())
+            .env("HOME", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pulseaudio is needed for this test (scripts/setup.sh installs it)");
+        let socket = format!("unix:{}", socket.display());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let ok = Command::new("pactl").args(["-s", &socket, "set-default-source", "null.monitor"]).status().map(|s| s.success()).unwrap_or(false);
+            if ok {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the PulseAudio test server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        PulseServer { child, socket, _dir: dir }
+    }
+}
+
+impl Drop for PulseServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn live_capture_from_a_real_audio_server() {
+    // cpal's ALSA backend → ALSA's pulse plugin → a null sink's monitor, into which paplay
+    // plays a real clip; Ctrl-C (SIGINT) then flushes the finals and exits cleanly.
+    let server = PulseServer::start();
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let live = Command::new(common::binary())
+        .args(["live", "--dense", "--no-tui", "--device", "PulseAudio Sound Server"])
+        .env("PULSE_SERVER", &server.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let played = Command::new("paplay").args(["-s", &server.socket]).arg(&wav).status().unwrap();
+    assert!(played.success());
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    Command::new("kill").args(["-INT", &live.id().to_string()]).status().unwrap();
+    let out = live.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let reference = "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition";
+    let counts = coda_asr::eval::score(reference, &stdout.replace('\n', " "));
+    assert!(counts.wer() < 20.0, "WER {:.1}: {stdout}", counts.wer());
+}
+
+#[test]
+fn no_input_device_is_a_clear_error() {
+    let out = Command::new(common::binary())
+        .args(["live", "--dense", "--no-tui", "--device", "no-such-device-anywhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no input device matches \"no-such-device-anywhere\""), "{stderr}");
+}
