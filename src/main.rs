@@ -30,6 +30,10 @@ enum Command {
     Live(LiveArgs),
     /// List audio input devices.
     Devices,
+    /// Replay long recordings through the live path and measure latency, streaming vs batch
+    /// WER, compute / audio and memory.
+    #[command(name = "stream-bench", after_help = "Example:\n  coda-asr stream-bench --manifest ../shared/speech/longform.tsv --segments ../shared/speech/segments.json")]
+    StreamBench(StreamBenchArgs),
     /// Time the encoder on one real 30 s window: dense against CoDA at each r, in one run.
     #[command(after_help = "Example:\n  coda-asr bench --reductions 2,4,8 --repeats 5")]
     Bench(BenchArgs),
@@ -208,6 +212,33 @@ enum LiveFormat {
 }
 
 #[derive(Args)]
+struct StreamBenchArgs {
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Per-file utterance times and references (segments.json).
+    #[arg(long)]
+    segments: PathBuf,
+    /// Replay speed (1 = real time, as a microphone).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Replay the manifest this many times (memory and latency drift over a long session).
+    #[arg(long, default_value_t = 1)]
+    loops: usize,
+    #[arg(long, default_value_t = 0.5)]
+    budget: f64,
+    /// Fix r instead of letting the controller choose.
+    #[arg(long)]
+    reduction: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    step: f64,
+    /// Write the full report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// Audio whose first 30 s window is encoded.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/LJ001-0001.wav"))]
@@ -301,6 +332,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd_bench(a),
         Command::Live(a) => cmd_live(a),
         Command::Devices => cmd_devices(),
+        Command::StreamBench(a) => cmd_stream_bench(a),
     };
     match result {
         Ok(code) => code,
@@ -475,6 +507,91 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     }
     print!("{}", eval::compare_markdown(std::slice::from_ref(&report.summary)));
     Ok(if report.summary.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
+    use coda_asr::stream::bench::{percentile, read_segments, replay_file, rss_mb, score_replay};
+    let model = load_model(&args.model)?;
+    let transcriber = Transcriber::new(&model);
+    let entries = eval::read_manifest(&args.manifest)?;
+    let segments = read_segments(&args.segments)?;
+    let reductions = match &model.coda {
+        Some(c) => {
+            let mut r = c.config.reductions.clone();
+            r.push(1.0);
+            r
+        }
+        None => Vec::new(),
+    };
+    let opts = coda_asr::stream::StreamOptions {
+        step_s: args.step,
+        budget: args.budget,
+        start_reduction: model.coda.as_ref().map_or(1.0, |c| c.config.default_reduction),
+        fixed_reduction: args.reduction,
+        reductions,
+        ..Default::default()
+    };
+    let rss_start = rss_mb();
+    let mut reports = Vec::new();
+    let mut batch = Vec::new();
+    for lap in 0..args.loops {
+        for e in &entries {
+            let utterances = segments.get(&e.id).with_context(|| format!("{}: no segments for {}", args.segments.display(), e.id))?;
+            let events = replay_file(&transcriber, &e.wav, args.speed, opts.clone())?;
+            let r = score_replay(&e.id, &events, utterances, rss_start);
+            eprintln!(
+                "lap {lap} {}: streaming WER {:.2}%, latency median {:.2} s p90 {:.2} s, first partial {:?} s, compute/audio {:.2}, r {:.1}, RSS {:.0} MB",
+                e.id,
+                r.streaming_wer,
+                percentile(&r.latencies_s, 0.5),
+                percentile(&r.latencies_s, 0.9),
+                r.first_partial_after_speech_s,
+                r.compute_over_audio,
+                r.mean_reduction,
+                r.rss_end_mb
+            );
+            reports.push(r);
+        }
+    }
+    // Batch WER of the same files with the same encoder, for the streaming-vs-batch gap.
+    let batch_opts = TranscribeOptions {
+        encode: EncodeOptions { reduction: args.reduction.unwrap_or(opts.start_reduction) },
+        ..Default::default()
+    };
+    for e in &entries {
+        let audio = coda_asr::audio::load_mono_16k(&e.wav)?;
+        let tr = transcriber.transcribe(&audio, &batch_opts, &mut |_| {})?;
+        let reference: String = segments[&e.id].iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
+        batch.push((e.id.clone(), eval::score(&reference, &tr.text)));
+    }
+    let latencies: Vec<f64> = reports.iter().flat_map(|r| r.latencies_s.iter().copied()).collect();
+    let mut stream_counts = eval::ErrorCounts::default();
+    for r in &reports[..entries.len()] {
+        let reference: String = segments[&r.file].iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
+        stream_counts.add(&eval::score(&reference, &r.finals));
+    }
+    let mut batch_counts = eval::ErrorCounts::default();
+    for (_, c) in &batch {
+        batch_counts.add(c);
+    }
+    let first_partials: Vec<f64> = reports.iter().filter_map(|r| r.first_partial_after_speech_s).collect();
+    let audio: f64 = reports.iter().map(|r| r.audio_s).sum();
+    let compute: f64 = reports.iter().map(|r| r.compute_over_audio * r.audio_s).sum();
+    println!("| metric | value |\n| --- | --- |");
+    println!("| model / encoder | {} {} |", model.name(), if model.coda.is_some() { "CoDA" } else { "dense" });
+    println!("| utterances | {} |", latencies.len());
+    println!("| final latency median / p90 (s) | {:.2} / {:.2} |", percentile(&latencies, 0.5), percentile(&latencies, 0.9));
+    println!("| first partial after speech starts (s, worst) | {:.2} |", first_partials.iter().copied().fold(0.0, f64::max));
+    println!("| streaming WER % (first lap) | {:.2} |", stream_counts.wer());
+    println!("| batch WER % (same files, same encoder) | {:.2} |", batch_counts.wer());
+    println!("| compute / audio | {:.3} |", compute / audio.max(1e-9));
+    println!("| mean r | {:.2} |", reports.iter().map(|r| r.mean_reduction).sum::<f64>() / reports.len().max(1) as f64);
+    println!("| dropped samples | {} |", reports.iter().map(|r| r.dropped_samples).sum::<u64>());
+    println!("| resident memory start → end (MB) | {:.0} → {:.0} |", rss_start, rss_mb());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "replays": reports, "batch": batch.iter().map(|(id, c)| serde_json::json!({"id": id, "wer": c.wer()})).collect::<Vec<_>>() }))?)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_devices() -> Result<ExitCode> {

@@ -51,11 +51,12 @@ fn a_full_queue_counts_drops_instead_of_blocking() {
 fn monitor_layout_fits_80_by_24() {
     let mut app = App::new("tiny.en");
     app.apply(Event::Final { text: "Printing, in the only sense".into(), start: 0.0, end: 2.0, emitted_at: 3.0, latency_s: 1.0 });
-    app.apply(Event::Partial { text: "with which we are".into(), start: 2.0, end: 3.0 });
+    app.apply(Event::Partial { text: "with which we are".into(), start: 2.0, end: 3.0, emitted_at: 3.0 });
     app.apply(Event::Stats(StreamStats {
         audio_s: 3.5,
         buffer_s: 3.5,
         step_compute_ms: 180.0,
+        compute_total_s: 0.9,
         load: 0.31,
         budget: 0.5,
         reduction: 4.0,

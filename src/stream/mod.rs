@@ -2,6 +2,7 @@
 //! committing words with LocalAgreement-2, gated by voice activity, with the CoDA reduction
 //! factor picked per step to stay inside a real-time budget.
 
+pub mod bench;
 pub mod controller;
 pub mod policy;
 pub mod recognizer;

@@ -65,6 +65,8 @@ pub struct StreamStats {
     pub audio_s: f64,
     pub buffer_s: f64,
     pub step_compute_ms: f64,
+    /// All recognition compute so far, seconds.
+    pub compute_total_s: f64,
     /// Compute time / audio time, smoothed.
     pub load: f64,
     pub budget: f64,
@@ -84,7 +86,7 @@ pub struct StreamStats {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Event {
-    Partial { text: String, start: f64, end: f64 },
+    Partial { text: String, start: f64, end: f64, emitted_at: f64 },
     Final { text: String, start: f64, end: f64, emitted_at: f64, latency_s: f64 },
     Stats(StreamStats),
     Error { message: String },
@@ -144,7 +146,8 @@ impl State<'_> {
         let p = self.policy.partial();
         let text = p.iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
         let (start, end) = (p.first().map_or(0.0, |w| w.start), p.last().map_or(0.0, |w| w.end));
-        self.send(Event::Partial { text, start, end });
+        let emitted_at = self.now_audio();
+        self.send(Event::Partial { text, start, end, emitted_at });
     }
 
     /// Re-transcribe the buffer and commit what agrees.
@@ -174,6 +177,7 @@ impl State<'_> {
             eprintln!("[{:.2}+{:.2}s r={r}] {:?}", self.buffer_start, self.buffer.len() as f64 / RATE, tr.text);
         }
         self.stats.step_compute_ms = compute * 1e3;
+        self.stats.compute_total_s += compute;
         // A repetition loop (greedy decoding's failure mode) is not a hypothesis: keep the last.
         if tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
             self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));

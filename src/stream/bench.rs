@@ -1,0 +1,114 @@
+//! Streaming benchmark: replay long recordings through the live path at real-time pace and
+//! measure what a user feels — latency from the end of each reference utterance to its words
+//! being final, time to the first partial, streaming WER against batch WER, compute / audio,
+//! and resident memory over the run.
+
+use super::recognizer::{run_recognizer, Event, StreamOptions};
+use super::source::{start_file_replay, start_resampler};
+use crate::transcribe::Transcriber;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Replay one file through capture → resample → recogniser and collect every event.
+pub fn replay_file(t: &Transcriber, path: &Path, speed: f64, mut opts: StreamOptions) -> Result<Vec<Event>> {
+    opts.speed = speed;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (replay, queue) = start_file_replay(path, speed, stop)?;
+    let (audio_tx, audio_rx) = crossbeam_channel::unbounded();
+    let resampler = start_resampler(queue.clone(), audio_tx)?;
+    let (_control_tx, control_rx) = crossbeam_channel::unbounded();
+    let (event_tx, event_rx) = crossbeam_channel::unbounded();
+    let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    run_recognizer(t, audio_rx, control_rx, event_tx, opts, dropped)?;
+    let _ = replay.join();
+    let _ = resampler.join();
+    Ok(event_rx.try_iter().collect())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Utterance {
+    pub id: String,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub reference: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    pub file: String,
+    pub audio_s: f64,
+    /// Per utterance: first final covering its end, minus its end (seconds).
+    pub latencies_s: Vec<f64>,
+    pub first_partial_after_speech_s: Option<f64>,
+    pub streaming_wer: f64,
+    pub finals: String,
+    pub compute_over_audio: f64,
+    pub mean_reduction: f64,
+    pub dropped_samples: u64,
+    pub rss_start_mb: f64,
+    pub rss_end_mb: f64,
+}
+
+/// Resident memory of this process, MB (Linux).
+pub fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok()))
+        .map_or(0.0, |pages| pages * 4096.0 / 1e6)
+}
+
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let idx = ((v.len() - 1) as f64 * p).round() as usize;
+    v[idx]
+}
+
+/// Score one replay against its reference utterances.
+pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], rss_start_mb: f64) -> ReplayReport {
+    let finals: Vec<(f64, f64, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Final { text, end, emitted_at, .. } => Some((*end, *emitted_at, text.as_str())),
+            _ => None,
+        })
+        .collect();
+    let latencies_s = utterances
+        .iter()
+        .filter_map(|u| finals.iter().find(|(end, _, _)| *end >= u.end_s - 0.5).map(|(_, at, _)| (at - u.end_s).max(0.0)))
+        .collect();
+    let speech_start = utterances.first().map_or(0.0, |u| u.start_s);
+    let first_partial = events.iter().find_map(|e| match e {
+        Event::Partial { text, emitted_at, .. } if !text.is_empty() => Some((emitted_at - speech_start).max(0.0)),
+        _ => None,
+    });
+    let text: String = finals.iter().map(|f| f.2).collect::<Vec<_>>().join(" ");
+    let reference: String = utterances.iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
+    let stats: Vec<&super::StreamStats> = events.iter().filter_map(|e| if let Event::Stats(s) = e { Some(s) } else { None }).collect();
+    let last = stats.last();
+    let computing: Vec<&&super::StreamStats> = stats.iter().filter(|s| s.step_compute_ms > 0.0).collect();
+    ReplayReport {
+        file: file.to_string(),
+        audio_s: last.map_or(0.0, |s| s.audio_s),
+        latencies_s,
+        first_partial_after_speech_s: first_partial,
+        streaming_wer: crate::eval::score(&reference, &text).wer(),
+        finals: text,
+        compute_over_audio: last.map_or(0.0, |s| s.compute_total_s / s.audio_s.max(1e-9)),
+        mean_reduction: if computing.is_empty() { 1.0 } else { computing.iter().map(|s| s.reduction).sum::<f64>() / computing.len() as f64 },
+        dropped_samples: last.map_or(0, |s| s.dropped_samples),
+        rss_start_mb,
+        rss_end_mb: rss_mb(),
+    }
+}
+
+pub fn read_segments(path: &Path) -> Result<std::collections::HashMap<String, Vec<Utterance>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a segments file", path.display()))
+}
