@@ -10,3 +10,4 @@ pub mod transcribe;
 pub mod tui;
 pub mod eval;
 pub mod output;
+pub mod rng;

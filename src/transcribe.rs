@@ -4,6 +4,7 @@
 
 use crate::mel::{LogMel, MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
 use crate::model::step::StepState;
+use crate::rng::Rng;
 use crate::model::{DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use anyhow::{bail, Result};
 use candle_core::{IndexOp, Tensor};
@@ -138,19 +139,6 @@ pub fn compression_ratio(text: &str) -> f64 {
     text.len() as f64 / compressed.len() as f64
 }
 
-/// A small deterministic generator for temperature sampling (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 fn log_softmax_in_place(v: &[f32]) -> Vec<f32> {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = v.iter().map(|&x| ((x - max) as f64).exp()).sum();
@@ -213,7 +201,7 @@ impl<'m> Transcriber<'m> {
         timings.mel_ms = t0.elapsed().as_secs_f64() * 1e3;
         let content_frames = audio.len() / HOP_LENGTH;
         let duration = audio.len() as f64 / SAMPLE_RATE as f64;
-        let mut rng = Rng(opts.seed ^ 0x5EED);
+        let mut rng = Rng::new(opts.seed);
         let mut encoder_total = EncodeStats::default();
 
         let mut language = opts.language.clone();
@@ -350,7 +338,7 @@ impl<'m> Transcriber<'m> {
     /// target in training). Returns the prompt it decoded after, and the tokens.
     pub fn greedy_tokens(&self, features: &Tensor) -> Result<(Vec<u32>, Vec<u32>)> {
         let opts = TranscribeOptions { without_timestamps: true, temperatures: vec![0.0], ..Default::default() };
-        let mut rng = Rng(0);
+        let mut rng = Rng::new(0);
         let mut count = 0;
         let result = self.decode_with_fallback(features, &[], "en", &opts, &mut rng, &mut count)?;
         Ok((self.sot_sequence("en", &opts)?, result.tokens))
@@ -599,7 +587,7 @@ fn sample_from(logits: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let weights: Vec<f64> = logits.iter().map(|&l| (((l - max) / temperature) as f64).exp()).collect();
     let total: f64 = weights.iter().sum();
-    let mut target = rng.next_f64() * total;
+    let mut target = rng.uniform() * total;
     for (i, w) in weights.iter().enumerate() {
         target -= w;
         if target <= 0.0 && *w > 0.0 {

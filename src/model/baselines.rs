@@ -4,7 +4,7 @@
 //! - whisper.cpp's `audio_ctx` (encode only the frames that hold audio) lives in the
 //!   transcriber as [`crate::transcribe::TranscribeOptions::audio_ctx`].
 
-use super::coda::top_k_in_time_order;
+use super::coda::{add_heavy_update, top_k_in_time_order};
 use super::encoder::{layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
 use anyhow::Result;
 use candle_core::{Tensor, D};
@@ -27,9 +27,7 @@ impl EncoderBlock for TopKNormLayer {
         for (bi, row) in norms.iter().enumerate() {
             let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;
             let xb = x.narrow(0, bi, 1)?;
-            let sel = xb.index_select(&idx, 1)?;
-            let delta = (self.dense.run(&sel)? - &sel)?;
-            rows.push(xb.index_add(&idx, &delta, 1)?);
+            rows.push(add_heavy_update(&self.dense, &xb, &xb, &idx, None)?);
         }
         let y = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? };
         Ok((y, BlockStats { heavy_frames: k, flops }))

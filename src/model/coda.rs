@@ -115,6 +115,18 @@ pub fn top_k_in_time_order(row: &[f32], k: usize) -> Vec<u32> {
     idx
 }
 
+/// For one sequence xb [1, n, d]: run the heavy layer on the frames at `idx` (time order, so
+/// attention sees only them) and add its update, optionally weighted [1, k, 1], to `base` at
+/// those frames.
+pub fn add_heavy_update(dense: &DenseLayer, xb: &Tensor, base: &Tensor, idx: &Tensor, weights: Option<&Tensor>) -> Result<Tensor> {
+    let sel = xb.index_select(idx, 1)?;
+    let mut delta = (dense.run(&sel)? - &sel)?;
+    if let Some(w) = weights {
+        delta = delta.broadcast_mul(w)?;
+    }
+    Ok(base.index_add(idx, &delta, 1)?)
+}
+
 /// The trainable parts of one conditional layer.
 #[derive(Debug, Clone)]
 pub struct Adapter {
@@ -191,12 +203,8 @@ impl EncoderBlock for CodaLayer {
         let mut rows = Vec::with_capacity(batch);
         for (bi, row) in score_rows.iter().enumerate() {
             let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;
-            let xb = x.narrow(0, bi, 1)?;
-            let sel = xb.index_select(&idx, 1)?;
-            let delta = (self.dense.run(&sel)? - &sel)?;
             let lam = lambda.narrow(0, bi, 1)?.index_select(&idx, 1)?.unsqueeze(2)?;
-            let weighted = delta.broadcast_mul(&lam)?;
-            rows.push(light.narrow(0, bi, 1)?.index_add(&idx, &weighted, 1)?);
+            rows.push(add_heavy_update(&self.dense, &x.narrow(0, bi, 1)?, &light.narrow(0, bi, 1)?, &idx, Some(&lam))?);
         }
         let y = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? };
         Ok((y, BlockStats { heavy_frames: k, flops }))
