@@ -136,7 +136,8 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     weights.config.training = serde_json::json!({
         "manifest": opts.manifest.display().to_string(),
         "seed": opts.seed, "lr": opts.lr, "kl_weight": opts.kl_weight, "mse_weight": opts.mse_weight,
-        "pad_weight": opts.pad_weight, "max_minutes": opts.max_minutes, "max_steps": opts.max_steps,
+        "pad_weight": opts.pad_weight, "max_minutes": opts.max_minutes,
+        "max_steps": (opts.max_steps != usize::MAX).then_some(opts.max_steps),
         "clip_seconds": [opts.min_seconds, opts.max_seconds],
     });
     let student_layers = {
@@ -221,6 +222,10 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
             weights.save(&opts.out_dir)?;
             last_checkpoint = Instant::now();
         }
+    }
+    if let Some(t) = weights.config.training.as_object_mut() {
+        t.insert("steps_done".into(), serde_json::json!(history.len()));
+        t.insert("minutes".into(), serde_json::json!(start.elapsed().as_secs_f64() / 60.0));
     }
     weights.save(&opts.out_dir)?;
     model.install_coda(weights)?;

@@ -302,7 +302,8 @@ impl<'m> Transcriber<'m> {
             for (start, end, seg_tokens) in new_segments {
                 let text = tok.decode_text(&seg_tokens)?;
                 all_tokens.extend(seg_tokens.iter().copied().filter(|&t| t < tok.eot || tok.is_timestamp(t)));
-                if start >= end || start >= duration || text.trim().is_empty() {
+                // A segment without a letter or digit ("...", "-") carries nothing said.
+                if start >= end || start >= duration || !text.chars().any(char::is_alphanumeric) {
                     continue;
                 }
                 segments.push(Segment {
