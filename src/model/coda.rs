@@ -43,7 +43,7 @@ impl CodaConfig {
             layers,
             bottleneck: 64,
             reductions: vec![2.0, 3.0, 4.0, 6.0, 8.0],
-            default_reduction: 4.0,
+            default_reduction: 2.0,
             epsilon: 1.0,
             iterations: 30,
             base_model: base_model.to_string(),
