@@ -92,7 +92,9 @@ fn decode_wav(path: &Path) -> Result<DecodedAudio, AudioError> {
         // The file opened a moment ago, so a read error here means the header is cut short.
         hound::Error::IoError(e) => AudioError::Corrupt { path: p.clone(), reason: format!("the WAV header is truncated ({e})") },
         hound::Error::FormatError(what) => AudioError::Corrupt { path: p.clone(), reason: format!("bad WAV header: {what}") },
-        hound::Error::Unsupported => AudioError::Unsupported { path: p.clone(), what: "this WAV encoding (only PCM integer and 32-bit float are read)".into() },
+        hound::Error::Unsupported => {
+            AudioError::Unsupported { path: p.clone(), what: "this WAV encoding (only PCM integer and 32-bit float are read)".into() }
+        }
         other => AudioError::Unsupported { path: p.clone(), what: other.to_string() },
     })?;
     let spec = reader.spec();

@@ -2,12 +2,12 @@
 //! (CoDA) can replace encoder layers and cut the encoder's cost at run time.
 
 pub mod audio;
+pub mod eval;
 pub mod mel;
 pub mod model;
+pub mod output;
+pub mod rng;
 pub mod stream;
 pub mod train;
 pub mod transcribe;
 pub mod tui;
-pub mod eval;
-pub mod output;
-pub mod rng;

@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "coda-asr", version, about = "Local speech-to-text: Whisper in Rust, with conditional adapters (CoDA) to cut encoder cost")]
+#[command(
+    name = "coda-asr",
+    version,
+    about = "Local speech-to-text: Whisper in Rust, with conditional adapters (CoDA) to cut encoder cost"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,25 +24,36 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Transcribe audio files (WAV, FLAC, MP3, OGG) or every audio file in a directory.
-    #[command(after_help = "Examples:\n  coda-asr transcribe assets/lj001-0001.wav\n  coda-asr transcribe talk.mp3 --format srt --output-dir subs/\n  coda-asr transcribe recordings/ --format json --output-dir out/\n  coda-asr transcribe interview.wav --model models/base --language de")]
+    #[command(
+        after_help = "Examples:\n  coda-asr transcribe assets/lj001-0001.wav\n  coda-asr transcribe talk.mp3 --format srt --output-dir subs/\n  coda-asr transcribe recordings/ --format json --output-dir out/\n  coda-asr transcribe interview.wav --model models/base --language de"
+    )]
     Transcribe(TranscribeArgs),
     /// Score transcription against a manifest: WER, per-stage time, RTF and encoder cost.
-    #[command(after_help = "Examples:\n  coda-asr eval --manifest ../shared/speech/dev.tsv --json dense.json --markdown dense.md\n  coda-asr eval --compare dense.json coda-r4.json")]
+    #[command(
+        after_help = "Examples:\n  coda-asr eval --manifest ../shared/speech/dev.tsv --json dense.json --markdown dense.md\n  coda-asr eval --compare dense.json coda-r4.json"
+    )]
     Eval(EvalArgs),
     /// Live transcription from a microphone, or a file replayed at real-time pace (--input).
-    #[command(after_help = "Examples:\n  coda-asr live --no-tui\n  coda-asr live --input talk.wav --speed 2 --no-tui --format jsonl\n  coda-asr live --device 1 --budget 0.4 --save notes.txt --record session.wav")]
+    #[command(
+        after_help = "Examples:\n  coda-asr live --no-tui\n  coda-asr live --input talk.wav --speed 2 --no-tui --format jsonl\n  coda-asr live --device 1 --budget 0.4 --save notes.txt --record session.wav"
+    )]
     Live(LiveArgs),
     /// List audio input devices.
     Devices,
     /// Replay long recordings through the live path and measure latency, streaming vs batch
     /// WER, compute / audio and memory.
-    #[command(name = "stream-bench", after_help = "Example:\n  coda-asr stream-bench --manifest ../shared/speech/longform.tsv --segments ../shared/speech/segments.json")]
+    #[command(
+        name = "stream-bench",
+        after_help = "Example:\n  coda-asr stream-bench --manifest ../shared/speech/longform.tsv --segments ../shared/speech/segments.json"
+    )]
     StreamBench(StreamBenchArgs),
     /// Time the encoder on one real 30 s window: dense against CoDA at each r, in one run.
     #[command(after_help = "Example:\n  coda-asr bench --reductions 2,4,8 --repeats 5")]
     Bench(BenchArgs),
     /// Train CoDA routers and adapters by distillation from the frozen dense model.
-    #[command(after_help = "Example (the command that produced the shipped adapters is in the README):\n  coda-asr train --manifest ../shared/speech/train.tsv --out models/coda-tiny.en --max-minutes 60 --seed 1")]
+    #[command(
+        after_help = "Example (the command that produced the shipped adapters is in the README):\n  coda-asr train --manifest ../shared/speech/train.tsv --out models/coda-tiny.en --max-minutes 60 --seed 1"
+    )]
     Train(TrainArgs),
     /// Convert a CTranslate2 Whisper model (model.bin, config.json, tokenizer.json) into a
     /// Hugging Face-layout directory under models/.
@@ -554,10 +569,8 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
         }
     }
     // Batch WER of the same files with the same encoder, for the streaming-vs-batch gap.
-    let batch_opts = TranscribeOptions {
-        encode: EncodeOptions { reduction: args.reduction.unwrap_or(opts.start_reduction) },
-        ..Default::default()
-    };
+    let batch_opts =
+        TranscribeOptions { encode: EncodeOptions { reduction: args.reduction.unwrap_or(opts.start_reduction) }, ..Default::default() };
     for e in &entries {
         let audio = coda_asr::audio::load_mono_16k(&e.wav)?;
         let tr = transcriber.transcribe(&audio, &batch_opts, &mut |_| {})?;
@@ -589,7 +602,12 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
     println!("| dropped samples | {} |", reports.iter().map(|r| r.dropped_samples).sum::<u64>());
     println!("| resident memory start → end (MB) | {:.0} → {:.0} |", rss_start, rss_mb());
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "replays": reports, "batch": batch.iter().map(|(id, c)| serde_json::json!({"id": id, "wer": c.wer()})).collect::<Vec<_>>() }))?)?;
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "replays": reports, "batch": batch.iter().map(|(id, c)| serde_json::json!({"id": id, "wer": c.wer()})).collect::<Vec<_>>() }),
+            )?,
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -632,8 +650,11 @@ fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
     // Recording sits between resampler and recogniser so it never slows capture.
     let mut recorder = match &args.record {
         Some(path) => Some(
-            hound::WavWriter::create(path, hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int })
-                .with_context(|| format!("{}: cannot create", path.display()))?,
+            hound::WavWriter::create(
+                path,
+                hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int },
+            )
+            .with_context(|| format!("{}: cannot create", path.display()))?,
         ),
         None => None,
     };
@@ -684,7 +705,9 @@ fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
     };
     let (event_tx, event_rx) = crossbeam_channel::unbounded::<Event>();
     let mut save = match &args.save {
-        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("{}: cannot open", p.display()))?),
+        Some(p) => {
+            Some(std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("{}: cannot open", p.display()))?)
+        }
         None => None,
     };
     let transcriber = Transcriber::new(&model);
@@ -756,7 +779,13 @@ fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
     println!("| encoder | r | ms / 30 s window (median of {}) | speed-up vs dense | GFLOP | heavy frames per layer |", args.repeats);
     println!("| --- | ---: | ---: | ---: | ---: | --- |");
     println!("| dense | 1 | {dense_ms:.1} | 1.00x | {:.1} | {:?} |", dense_stats.flops / 1e9, dense_stats.heavy_frames);
-    let name = if model.coda.is_some() { "CoDA" } else if args.model.baseline.is_some() { "baseline" } else { "dense" };
+    let name = if model.coda.is_some() {
+        "CoDA"
+    } else if args.model.baseline.is_some() {
+        "baseline"
+    } else {
+        "dense"
+    };
     for &r in &args.reductions {
         let opts = EncodeOptions { reduction: r };
         let (ms, stats) = time(&|| Ok(model.encoder.forward(&window, &opts)?.1))?;
@@ -794,7 +823,10 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         let s = smoothed.map_or(log.loss, |s| 0.95 * s + 0.05 * log.loss);
         smoothed = Some(s);
         pb.set_position(elapsed as u64);
-        pb.set_message(format!("step {} r={} loss {:.4} (avg {:.4}) kl {:.4} mse {:.4}", log.step, log.reduction, log.loss, s, log.kl, log.mse));
+        pb.set_message(format!(
+            "step {} r={} loss {:.4} (avg {:.4}) kl {:.4} mse {:.4}",
+            log.step, log.reduction, log.loss, s, log.kl, log.mse
+        ));
     })?;
     pb.finish_and_clear();
     let n = history.len();

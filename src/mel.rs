@@ -45,9 +45,7 @@ pub fn mel_filters(sample_rate: usize, n_fft: usize, n_mels: usize) -> Vec<Vec<f
     let n_bins = n_fft / 2 + 1;
     let fft_freqs: Vec<f64> = (0..n_bins).map(|i| i as f64 * sample_rate as f64 / n_fft as f64).collect();
     let (mel_min, mel_max) = (hz_to_mel(0.0), hz_to_mel(sample_rate as f64 / 2.0));
-    let mel_f: Vec<f64> = (0..n_mels + 2)
-        .map(|i| mel_to_hz(mel_min + (mel_max - mel_min) * i as f64 / (n_mels + 1) as f64))
-        .collect();
+    let mel_f: Vec<f64> = (0..n_mels + 2).map(|i| mel_to_hz(mel_min + (mel_max - mel_min) * i as f64 / (n_mels + 1) as f64)).collect();
     (0..n_mels)
         .map(|m| {
             let (lo, center, hi) = (mel_f[m], mel_f[m + 1], mel_f[m + 2]);
@@ -110,9 +108,7 @@ impl MelFrontend {
             })
             .collect();
         // torch.hann_window is periodic: 0.5 − 0.5·cos(2πn/N).
-        let window = (0..N_FFT)
-            .map(|n| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()) as f32)
-            .collect();
+        let window = (0..N_FFT).map(|n| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()) as f32).collect();
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT);
         Self { n_mels, filters, window, fft }
     }

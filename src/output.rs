@@ -49,14 +49,7 @@ pub fn to_txt(t: &Transcript) -> String {
 pub fn to_srt(t: &Transcript) -> String {
     let mut out = String::new();
     for (i, seg) in t.segments.iter().enumerate() {
-        let _ = write!(
-            out,
-            "{}\n{} --> {}\n{}\n\n",
-            i + 1,
-            timestamp(seg.start, ','),
-            timestamp(seg.end, ','),
-            cue_text(&seg.text)
-        );
+        let _ = write!(out, "{}\n{} --> {}\n{}\n\n", i + 1, timestamp(seg.start, ','), timestamp(seg.end, ','), cue_text(&seg.text));
     }
     out
 }

@@ -199,8 +199,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
 
         // Encoder MSE, audio frames weighted 1, padding frames pad_weight.
         let audio_frames = (audio.len() / HOP_LENGTH).div_ceil(2).min(CHUNK_FRAMES / 2);
-        let frame_weights: Vec<f32> =
-            (0..CHUNK_FRAMES / 2).map(|i| if i < audio_frames { 1.0 } else { opts.pad_weight as f32 }).collect();
+        let frame_weights: Vec<f32> = (0..CHUNK_FRAMES / 2).map(|i| if i < audio_frames { 1.0 } else { opts.pad_weight as f32 }).collect();
         let fw = Tensor::from_vec(frame_weights, (1, CHUNK_FRAMES / 2, 1), dev)?;
         let sq = (student_enc - teacher_enc)?.sqr()?.broadcast_mul(&fw)?;
         let mse = (sq.sum_all()? / (fw.sum_all()?.to_scalar::<f32>()? as f64 * model.config.d_model as f64))?;

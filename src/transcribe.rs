@@ -4,8 +4,8 @@
 
 use crate::mel::{LogMel, MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
 use crate::model::step::StepState;
-use crate::rng::Rng;
 use crate::model::{DecoderState, EncodeOptions, EncodeStats, WhisperModel};
+use crate::rng::Rng;
 use anyhow::{bail, Result};
 use candle_core::{IndexOp, Tensor};
 use serde::Serialize;
@@ -137,13 +137,6 @@ pub fn compression_ratio(text: &str) -> f64 {
     enc.write_all(text.as_bytes()).expect("writing to memory");
     let compressed = enc.finish().expect("writing to memory");
     text.len() as f64 / compressed.len() as f64
-}
-
-fn log_softmax_in_place(v: &[f32]) -> Vec<f32> {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = v.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let lse = max + sum.ln() as f32;
-    v.iter().map(|&x| x - lse).collect()
 }
 
 fn logsumexp(v: &[f32]) -> f32 {
@@ -325,14 +318,7 @@ impl<'m> Transcriber<'m> {
         }
         let text = segments.iter().map(|s| s.text.as_str()).collect::<String>().trim().to_string();
         encoder_total.ms = timings.encoder_ms;
-        Ok(Transcript {
-            text,
-            segments,
-            language: language.unwrap_or_else(|| "en".into()),
-            duration,
-            timings,
-            encoder: encoder_total,
-        })
+        Ok(Transcript { text, segments, language: language.unwrap_or_else(|| "en".into()), duration, timings, encoder: encoder_total })
     }
 
     /// Greedy text tokens for encoded audio, without timestamps or fallback (the distillation
@@ -411,10 +397,7 @@ impl<'m> Transcriber<'m> {
         let sot_logits: Vec<f32> = logits.i(0)?.to_vec1()?;
         let first_logits: Vec<f32> = logits.i(1)?.to_vec1()?;
         let no_speech_prob = match tok.no_speech {
-            Some(ns) => {
-                let lsm = log_softmax_in_place(&sot_logits);
-                (lsm[ns as usize] as f64).exp()
-            }
+            Some(ns) => ((sot_logits[ns as usize] - logsumexp(&sot_logits)) as f64).exp(),
             None => 0.0,
         };
 
@@ -479,17 +462,13 @@ impl<'m> Transcriber<'m> {
         let max_initial = (opts.max_initial_timestamp as f64 / TIME_PRECISION).round() as usize;
         loop {
             self.apply_filters(&mut logits, &generated, opts, max_initial);
-            let logprobs = log_softmax_in_place(&logits);
-            let next = if temperature <= 0.0 {
-                argmax(&logits)
-            } else {
-                sample_from(&logits, temperature, rng)
-            };
+            let next = if temperature <= 0.0 { argmax(&logits) } else { sample_from(&logits, temperature, rng) };
             *token_count += 1;
             if next == tok.eot {
                 break;
             }
-            sum_logprob += logprobs[next as usize] as f64;
+            // log-softmax of the chosen token only: nothing per-token is allocated.
+            sum_logprob += (logits[next as usize] - logsumexp(&logits)) as f64;
             generated.push(next);
             if generated.len() >= sample_len || sample_begin + generated.len() >= dec.max_positions {
                 break;
@@ -553,9 +532,9 @@ impl<'m> Transcriber<'m> {
             }
         }
         // If timestamps together are likelier than any text token, force a timestamp.
-        let logprobs = log_softmax_in_place(logits);
-        let ts_logprob = logsumexp(&logprobs[tb..]);
-        let max_text = logprobs[..tb].iter().copied().fold(ninf, f32::max);
+        // Compared as log-probabilities the normaliser cancels, so raw logits suffice.
+        let ts_logprob = logsumexp(&logits[tb..]);
+        let max_text = logits[..tb].iter().copied().fold(ninf, f32::max);
         if ts_logprob > max_text {
             logits[..tb].fill(ninf);
         }

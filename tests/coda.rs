@@ -118,7 +118,9 @@ fn a_short_training_run_lowers_the_loss() {
     let speech = common::speech_dir();
     let train: Vec<String> = std::fs::read_to_string(speech.join("train.tsv")).unwrap().lines().map(String::from).collect();
     let mut rows = vec![train[0].clone()];
-    rows.extend(train[1..].iter().filter(|l| l.split('\t').nth(2).and_then(|d| d.parse::<f64>().ok()).is_some_and(|d| d < 6.0)).take(4).cloned());
+    rows.extend(
+        train[1..].iter().filter(|l| l.split('\t').nth(2).and_then(|d| d.parse::<f64>().ok()).is_some_and(|d| d < 6.0)).take(4).cloned(),
+    );
     let manifest = out.path().join("tiny.tsv");
     let rows: Vec<String> = rows
         .iter()

@@ -14,9 +14,7 @@ const VOCAB: usize = 16;
 
 fn f16_var(dims: &[usize], seed: usize) -> Ct2Variable {
     let n: usize = dims.iter().product();
-    let data = (0..n)
-        .flat_map(|i| half::f16::from_f32((((i * 7 + seed * 13) % 29) as f32 - 14.0) / 16.0).to_le_bytes())
-        .collect();
+    let data = (0..n).flat_map(|i| half::f16::from_f32((((i * 7 + seed * 13) % 29) as f32 - 14.0) / 16.0).to_le_bytes()).collect();
     Ct2Variable { dims: dims.to_vec(), dtype: Ct2Dtype::F16, data }
 }
 
@@ -138,16 +136,25 @@ fn import_splits_fused_projections_into_hf_tensors() {
 #[test]
 fn import_refuses_unsupported_variants_and_broken_files() {
     let cases: Vec<(&str, Box<dyn Fn(&mut Ct2Model)>)> = vec![
-        ("activation", Box::new(|m| {
-            m.variables.insert("decoder/activation".into(), scalar(Ct2Dtype::I8, 1));
-        })),
-        ("pre_norm", Box::new(|m| {
-            m.variables.insert("encoder/pre_norm".into(), scalar(Ct2Dtype::I8, 0));
-        })),
-        ("key bias", Box::new(|m| {
-            let b = m.variables.get_mut("encoder/layer_0/self_attention/linear_0/bias").unwrap();
-            b.data[D * 2 + 1] = 0x3c;
-        })),
+        (
+            "activation",
+            Box::new(|m| {
+                m.variables.insert("decoder/activation".into(), scalar(Ct2Dtype::I8, 1));
+            }),
+        ),
+        (
+            "pre_norm",
+            Box::new(|m| {
+                m.variables.insert("encoder/pre_norm".into(), scalar(Ct2Dtype::I8, 0));
+            }),
+        ),
+        (
+            "key bias",
+            Box::new(|m| {
+                let b = m.variables.get_mut("encoder/layer_0/self_attention/linear_0/bias").unwrap();
+                b.data[D * 2 + 1] = 0x3c;
+            }),
+        ),
         ("WhisperSpec", Box::new(|m| m.spec = "TransformerSpec".into())),
     ];
     for (what, mutate) in cases {

@@ -75,7 +75,15 @@ fn monitor_layout_fits_80_by_24() {
     let buffer = terminal.backend().buffer().clone();
     let lines: Vec<String> = (0..24).map(|y| (0..80).map(|x| buffer[(x, y)].symbol().to_string()).collect()).collect();
     let screen = lines.join("\n");
-    for expected in ["transcript", "Printing, in the only sense with which we are", "r = 4", "heavy frames % per layer: 25/25/25/25", "FLOPs saved vs dense: 71%", "voice: speech", "q quit"] {
+    for expected in [
+        "transcript",
+        "Printing, in the only sense with which we are",
+        "r = 4",
+        "heavy frames % per layer: 25/25/25/25",
+        "FLOPs saved vs dense: 71%",
+        "voice: speech",
+        "q quit",
+    ] {
         assert!(screen.contains(expected), "missing {expected:?} in\n{screen}");
     }
     // The partial is drawn dimmed, the finals are not.
@@ -102,7 +110,11 @@ fn live_replay_of_noise_gives_no_words() {
     let speech = common::speech_dir();
     let manifest = coda_asr::eval::read_manifest(&speech.join("noise.tsv")).unwrap();
     for entry in manifest {
-        let out = Command::new(common::binary()).args(["live", "--dense", "--no-tui", "--speed", "8", "--input"]).arg(&entry.wav).output().unwrap();
+        let out = Command::new(common::binary())
+            .args(["live", "--dense", "--no-tui", "--speed", "8", "--input"])
+            .arg(&entry.wav)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(coda_asr::eval::normalize::normalize(&stdout).is_empty(), "{}: {stdout:?}", entry.id);
@@ -132,7 +144,11 @@ impl PulseServer {
         let socket = format!("unix:{}", socket.display());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let ok = Command::new("pactl").args(["-s", &socket, "set-default-source", "null.monitor"]).status().map(|s| s.success()).unwrap_or(false);
+            let ok = Command::new("pactl")
+                .args(["-s", &socket, "set-default-source", "null.monitor"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
             if ok {
                 break;
             }
@@ -178,10 +194,7 @@ fn live_capture_from_a_real_audio_server() {
 
 #[test]
 fn no_input_device_is_a_clear_error() {
-    let out = Command::new(common::binary())
-        .args(["live", "--dense", "--no-tui", "--device", "no-such-device-anywhere"])
-        .output()
-        .unwrap();
+    let out = Command::new(common::binary()).args(["live", "--dense", "--no-tui", "--device", "no-such-device-anywhere"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no input device matches \"no-such-device-anywhere\""), "{stderr}");

@@ -36,8 +36,8 @@ fn log_mel_matches_openai_on_a_fixed_signal() {
     let audio: Vec<f32> = (0..16_000)
         .map(|i| {
             let t = i as f64 / 16_000.0;
-            (0.5 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()
-                + 0.25 * (2.0 * std::f64::consts::PI * 1234.5 * t).sin() * (-t).exp()) as f32
+            (0.5 * (2.0 * std::f64::consts::PI * 440.0 * t).sin() + 0.25 * (2.0 * std::f64::consts::PI * 1234.5 * t).sin() * (-t).exp())
+                as f32
         })
         .collect();
     let mel = MelFrontend::new(80).compute(&audio, CHUNK_SAMPLES);

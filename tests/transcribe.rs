@@ -18,7 +18,13 @@ fn dev_clips_transcribe_with_low_wer() {
     let s = &report.summary;
     assert_eq!(s.failed, 0);
     // Whisper tiny.en scores about 10–12 % on all of dev.tsv; these clips are a mixed sample.
-    assert!(s.wer < 20.0, "WER {:.2} on {} clips: {:#?}", s.wer, s.clips, report.clips.iter().map(|c| (&c.id, c.wer, &c.hypothesis)).collect::<Vec<_>>());
+    assert!(
+        s.wer < 20.0,
+        "WER {:.2} on {} clips: {:#?}",
+        s.wer,
+        s.clips,
+        report.clips.iter().map(|c| (&c.id, c.wer, &c.hypothesis)).collect::<Vec<_>>()
+    );
     assert!(s.counts.reference_words > 150);
 }
 

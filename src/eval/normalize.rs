@@ -243,8 +243,25 @@ fn number_words() -> &'static NumberWords {
     static W: OnceLock<NumberWords> = OnceLock::new();
     W.get_or_init(|| {
         let ones_names = [
-            "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen",
-            "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+            "thirteen",
+            "fourteen",
+            "fifteen",
+            "sixteen",
+            "seventeen",
+            "eighteen",
+            "nineteen",
         ];
         let ones: HashMap<String, u128> = ones_names.iter().enumerate().map(|(i, n)| (n.to_string(), i as u128 + 1)).collect();
         let mut ones_suffixed: HashMap<String, (u128, &'static str)> = HashMap::new();
@@ -252,7 +269,9 @@ fn number_words() -> &'static NumberWords {
             let plural = if name == "six" { "sixes".to_string() } else { format!("{name}s") };
             ones_suffixed.insert(plural, (v, "s"));
         }
-        for (name, v, suffix) in [("zeroth", 0, "th"), ("first", 1, "st"), ("second", 2, "nd"), ("third", 3, "rd"), ("fifth", 5, "th"), ("twelfth", 12, "th")] {
+        for (name, v, suffix) in
+            [("zeroth", 0, "th"), ("first", 1, "st"), ("second", 2, "nd"), ("third", 3, "rd"), ("fifth", 5, "th"), ("twelfth", 12, "th")]
+        {
             ones_suffixed.insert(name.to_string(), (v, suffix));
         }
         for (name, &v) in &ones {
@@ -272,8 +291,18 @@ fn number_words() -> &'static NumberWords {
             tens_suffixed.insert(name.replace('y', "ieth"), (v, "th"));
         }
         let mult_names = [
-            "hundred", "thousand", "million", "billion", "trillion", "quadrillion", "quintillion", "sextillion", "septillion",
-            "octillion", "nonillion", "decillion",
+            "hundred",
+            "thousand",
+            "million",
+            "billion",
+            "trillion",
+            "quadrillion",
+            "quintillion",
+            "sextillion",
+            "septillion",
+            "octillion",
+            "nonillion",
+            "decillion",
         ];
         let mut multipliers = HashMap::new();
         let mut value: u128 = 100;

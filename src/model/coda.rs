@@ -235,10 +235,9 @@ impl CodaWeights {
 
     pub fn load(dir: &std::path::Path, device: &Device) -> Result<Self> {
         let cfg_path = dir.join("coda.json");
-        let config: CodaConfig = serde_json::from_str(
-            &std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?,
-        )
-        .with_context(|| format!("{}: not a CoDA config", cfg_path.display()))?;
+        let config: CodaConfig =
+            serde_json::from_str(&std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?)
+                .with_context(|| format!("{}: not a CoDA config", cfg_path.display()))?;
         let vars = VarMap::new();
         let weights = dir.join("adapters.safetensors");
         {

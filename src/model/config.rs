@@ -52,8 +52,7 @@ impl WhisperConfig {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let mut config: WhisperConfig =
-            serde_json::from_str(&text).with_context(|| format!("{}: not a Whisper config", path.display()))?;
+        let mut config: WhisperConfig = serde_json::from_str(&text).with_context(|| format!("{}: not a Whisper config", path.display()))?;
         let gen_path = dir.join("generation_config.json");
         if let Ok(text) = std::fs::read_to_string(&gen_path) {
             let gen: GenerationConfig = serde_json::from_str(&text).unwrap_or_default();

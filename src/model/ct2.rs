@@ -69,14 +69,8 @@ impl Ct2Variable {
         let bytes = &self.data;
         Ok(match self.dtype {
             Ct2Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            Ct2Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Ct2Dtype::Bf16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            Ct2Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Ct2Dtype::Bf16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             other => bail!("variable of dtype {other:?} is not floating point (quantized models are not supported)"),
         })
     }
@@ -114,10 +108,7 @@ impl Ct2Model {
             let dtype = Ct2Dtype::from_code(r.u8()?).with_context(|| format!("variable {name}"))?;
             let n_bytes = r.u32()? as usize;
             let numel: usize = dims.iter().product();
-            ensure!(
-                numel * dtype.size() == n_bytes,
-                "variable {name}: {n_bytes} bytes do not match dims {dims:?} of {dtype:?}"
-            );
+            ensure!(numel * dtype.size() == n_bytes, "variable {name}: {n_bytes} bytes do not match dims {dims:?} of {dtype:?}");
             let data = r.take(n_bytes).with_context(|| format!("variable {name} is truncated"))?.to_vec();
             variables.insert(name, Ct2Variable { dims, dtype, data });
         }

@@ -2,7 +2,7 @@
 //! computed once per audio window (not once per token).
 
 use super::config::WhisperConfig;
-use super::layers::{attention, Norm, causal_mask, fused_linear, layer_norm, linear, merge_heads, split_heads, Mlp};
+use super::layers::{attention, causal_mask, fused_linear, layer_norm, linear, merge_heads, split_heads, Mlp, Norm};
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -86,10 +86,7 @@ impl Decoder {
             .iter()
             .map(|l| {
                 let kv = l.cross_kv.forward(audio)?;
-                Ok(KeyValues {
-                    k: split_heads(&kv.narrow(2, 0, d)?, self.heads)?,
-                    v: split_heads(&kv.narrow(2, d, d)?, self.heads)?,
-                })
+                Ok(KeyValues { k: split_heads(&kv.narrow(2, 0, d)?, self.heads)?, v: split_heads(&kv.narrow(2, d, d)?, self.heads)? })
             })
             .collect::<Result<_>>()?;
         Ok(DecoderState { cross, cache: vec![None; self.layers.len()], position: 0 })

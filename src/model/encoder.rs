@@ -5,8 +5,8 @@
 //! reduction factor travels with each call in [`EncodeOptions`], so it can change between
 //! calls without reloading anything.
 
-use super::layers::{attention, Norm, fused_linear, layer_norm, linear, merge_heads, split_heads, Gelu, Mlp};
 use super::config::WhisperConfig;
+use super::layers::{attention, fused_linear, layer_norm, linear, merge_heads, split_heads, Gelu, Mlp, Norm};
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Linear, VarBuilder};

@@ -15,9 +15,8 @@ fn exp_poly(x: f32) -> f32 {
     let t = x * LOG2E;
     let n = (t + 0.5).floor();
     let f = t - n;
-    let p = 1.0
-        + f * (0.693_147_2
-            + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
+    let p =
+        1.0 + f * (0.693_147_2 + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
     // SAFETY: n is a whole number in [-126, 127] after the clamp, so the conversion is exact;
     // the unchecked form compiles to one vector instruction where `as` would not.
     let e = unsafe { n.to_int_unchecked::<i32>() };
@@ -84,8 +83,7 @@ fn erf_poly(x: f32) -> f32 {
     let s = x.signum();
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let y = 1.0
-        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_74) * t + 0.254_829_6) * t * exp_poly(-a * a);
+    let y = 1.0 - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_74) * t + 0.254_829_6) * t * exp_poly(-a * a);
     s * y
 }
 
@@ -226,7 +224,14 @@ mod tests {
     #[test]
     fn gelu_matches_candle_exact_gelu() {
         let x = Tensor::randn(0f32, 3.0, (1000,), &candle_core::Device::Cpu).unwrap();
-        let diff = (gelu_erf(x.copy().unwrap()).unwrap() - x.gelu_erf().unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (gelu_erf(x.copy().unwrap()).unwrap() - x.gelu_erf().unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 2e-6, "{diff}");
     }
 }

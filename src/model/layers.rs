@@ -5,7 +5,6 @@ use anyhow::{ensure, Result};
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-
 /// Layer norm as Whisper uses it (eps 1e-5, with bias). candle's fused layer-norm kernel has
 /// no backward pass, so when gradients are being tracked (adapter training) the same
 /// arithmetic runs as differentiable tensor ops instead.
@@ -54,11 +53,7 @@ pub fn fused_linear(vb: &VarBuilder, names: &[&str], no_bias: &[&str], d_in: usi
     for name in names {
         let sub = vb.pp(*name);
         weights.push(sub.get((d_out, d_in), "weight")?);
-        biases.push(if no_bias.contains(name) {
-            Tensor::zeros(d_out, vb.dtype(), vb.device())?
-        } else {
-            sub.get(d_out, "bias")?
-        });
+        biases.push(if no_bias.contains(name) { Tensor::zeros(d_out, vb.dtype(), vb.device())? } else { sub.get(d_out, "bias")? });
     }
     Ok(Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?)))
 }
@@ -129,9 +124,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
 /// Causal mask for `t` new queries appended after `past` cached positions: [t, past + t].
 pub fn causal_mask(t: usize, past: usize, device: &candle_core::Device) -> Result<Tensor> {
     let total = past + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
+    let mask: Vec<f32> = (0..t).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
     Ok(Tensor::from_vec(mask, (t, total), device)?.to_dtype(DType::F32)?)
 }
 

@@ -1,8 +1,8 @@
 //! The Whisper model: configuration, weights, tokenizer, encoder and decoder.
 
-pub mod config;
 pub mod baselines;
 pub mod coda;
+pub mod config;
 pub mod ct2;
 pub mod decoder;
 pub mod encoder;

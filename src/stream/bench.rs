@@ -101,7 +101,11 @@ pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], rss_
         streaming_wer: crate::eval::score(&reference, &text).wer(),
         finals: text,
         compute_over_audio: last.map_or(0.0, |s| s.compute_total_s / s.audio_s.max(1e-9)),
-        mean_reduction: if computing.is_empty() { 1.0 } else { computing.iter().map(|s| s.reduction).sum::<f64>() / computing.len() as f64 },
+        mean_reduction: if computing.is_empty() {
+            1.0
+        } else {
+            computing.iter().map(|s| s.reduction).sum::<f64>() / computing.len() as f64
+        },
         dropped_samples: last.map_or(0, |s| s.dropped_samples),
         rss_start_mb,
         rss_end_mb: rss_mb(),

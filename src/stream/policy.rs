@@ -127,7 +127,10 @@ mod tests {
     use super::*;
 
     fn words(text: &str, start: f64) -> Vec<Word> {
-        text.split_whitespace().enumerate().map(|(i, w)| Word { text: w.into(), start: start + i as f64 * 0.5, end: start + i as f64 * 0.5 + 0.4 }).collect()
+        text.split_whitespace()
+            .enumerate()
+            .map(|(i, w)| Word { text: w.into(), start: start + i as f64 * 0.5, end: start + i as f64 * 0.5 + 0.4 })
+            .collect()
     }
 
     fn texts(ws: &[Word]) -> Vec<&str> {

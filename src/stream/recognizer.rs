@@ -159,7 +159,8 @@ impl State<'_> {
         self.since_step = 0;
         let r = self.controller.reduction();
         let prompt = self.policy.prompt_words();
-        let committed_text: String = prompt[prompt.len().saturating_sub(40)..].iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
+        let committed_text: String =
+            prompt[prompt.len().saturating_sub(40)..].iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
         let topts = TranscribeOptions {
             initial_prompt: (!committed_text.is_empty()).then_some(committed_text),
             condition_on_previous_text: false,
@@ -188,7 +189,8 @@ impl State<'_> {
         self.emit_partial();
         self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
         self.stats.heavy_fraction = tr.encoder.heavy_fraction();
-        self.stats.flops_saved_pct = if tr.encoder.dense_flops > 0.0 { 100.0 * (1.0 - tr.encoder.flops / tr.encoder.dense_flops) } else { 0.0 };
+        self.stats.flops_saved_pct =
+            if tr.encoder.dense_flops > 0.0 { 100.0 * (1.0 - tr.encoder.flops / tr.encoder.dense_flops) } else { 0.0 };
         self.trim();
         Ok(())
     }

@@ -75,15 +75,7 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
             let name = device_name(&d);
             let configs = match d.supported_input_configs() {
                 Ok(cs) => cs
-                    .map(|c| {
-                        format!(
-                            "{:?} {}–{} Hz {} ch",
-                            c.sample_format(),
-                            c.min_sample_rate(),
-                            c.max_sample_rate(),
-                            c.channels()
-                        )
-                    })
+                    .map(|c| format!("{:?} {}–{} Hz {} ch", c.sample_format(), c.min_sample_rate(), c.max_sample_rate(), c.channels()))
                     .collect(),
                 Err(e) => vec![format!("configuration unavailable: {e}")],
             };
@@ -128,12 +120,22 @@ pub fn start_capture(device: Option<&str>) -> Result<(cpal::Stream, Arc<CaptureQ
         F::F32 => dev.build_input_stream(config, move |d: &[f32], _: &_| q.push_all(d.iter().copied()), on_error, None),
         F::F64 => dev.build_input_stream(config, move |d: &[f64], _: &_| q.push_all(d.iter().map(|&s| s as f32)), on_error, None),
         F::I16 => dev.build_input_stream(config, move |d: &[i16], _: &_| q.push_all(d.iter().map(|&s| s as f32 / 32768.0)), on_error, None),
-        F::I32 => {
-            dev.build_input_stream(config, move |d: &[i32], _: &_| q.push_all(d.iter().map(|&s| s as f32 / 2_147_483_648.0)), on_error, None)
-        }
+        F::I32 => dev.build_input_stream(
+            config,
+            move |d: &[i32], _: &_| q.push_all(d.iter().map(|&s| s as f32 / 2_147_483_648.0)),
+            on_error,
+            None,
+        ),
         F::I8 => dev.build_input_stream(config, move |d: &[i8], _: &_| q.push_all(d.iter().map(|&s| s as f32 / 128.0)), on_error, None),
-        F::U16 => dev.build_input_stream(config, move |d: &[u16], _: &_| q.push_all(d.iter().map(|&s| (s as f32 - 32768.0) / 32768.0)), on_error, None),
-        F::U8 => dev.build_input_stream(config, move |d: &[u8], _: &_| q.push_all(d.iter().map(|&s| (s as f32 - 128.0) / 128.0)), on_error, None),
+        F::U16 => dev.build_input_stream(
+            config,
+            move |d: &[u16], _: &_| q.push_all(d.iter().map(|&s| (s as f32 - 32768.0) / 32768.0)),
+            on_error,
+            None,
+        ),
+        F::U8 => {
+            dev.build_input_stream(config, move |d: &[u8], _: &_| q.push_all(d.iter().map(|&s| (s as f32 - 128.0) / 128.0)), on_error, None)
+        }
         other => bail!("input device {name:?} delivers {other:?} samples, which are not supported"),
     }
     .with_context(|| format!("cannot start capture on {name:?}"))?;
@@ -197,7 +199,8 @@ pub fn start_resampler(queue: Arc<CaptureQueue>, out: Sender<Vec<f32>>) -> Resul
                         }
                         let input = InterleavedSlice::new(mono.as_slice(), 1, BLOCK).expect("block size");
                         let out_frames = out_buf.len();
-                        let mut output = rubato::audioadapter_buffers::direct::InterleavedSlice::new_mut(&mut out_buf, 1, out_frames).expect("output size");
+                        let mut output = rubato::audioadapter_buffers::direct::InterleavedSlice::new_mut(&mut out_buf, 1, out_frames)
+                            .expect("output size");
                         let indexing = if n < BLOCK { Some(Indexing::new().partial_len(n)) } else { None };
                         let (_, produced) = r.process_into_buffer(&input, &mut output, indexing.as_ref()).unwrap_or((0, 0));
                         mono.clear();

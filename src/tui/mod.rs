@@ -13,7 +13,13 @@ use std::io::Write;
 use std::time::Duration;
 
 /// Run the monitor until the recogniser ends. Returns whether it reported an error.
-pub fn run(events: Receiver<Event>, control: Sender<Control>, mut save: Option<&mut std::fs::File>, model: &str, queue: &CaptureQueue) -> Result<bool> {
+pub fn run(
+    events: Receiver<Event>,
+    control: Sender<Control>,
+    mut save: Option<&mut std::fs::File>,
+    model: &str,
+    queue: &CaptureQueue,
+) -> Result<bool> {
     let mut terminal = ratatui::try_init()?;
     let mut app = App::new(model);
     let mut stopping = false;
@@ -68,7 +74,10 @@ pub fn run(events: Receiver<Event>, control: Sender<Control>, mut save: Option<&
                             let _ = control.send(Control::SetReduction(app.fixed_reduction));
                         }
                         KeyCode::Char('s') => {
-                            let name = format!("coda-asr-transcript-{}.txt", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+                            let name = format!(
+                                "coda-asr-transcript-{}.txt",
+                                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+                            );
                             app.status = match std::fs::write(&name, app.transcript() + "\n") {
                                 Ok(()) => format!("saved {name}"),
                                 Err(e) => format!("cannot save {name}: {e}"),

@@ -20,7 +20,14 @@ pub fn draw(f: &mut Frame, app: &App) {
     draw_compute(f, app, cols[1]);
     let help = "q quit · space pause · +/- budget · r cycle r/auto · s save";
     let status = app.error.as_deref().map(|e| format!("error: {e}")).unwrap_or_else(|| app.status.clone());
-    f.render_widget(Paragraph::new(Line::from(vec![Span::styled(status, Style::default().fg(Color::Yellow)), Span::raw("  "), Span::styled(help, Style::default().add_modifier(Modifier::DIM))])), rows[2]);
+    f.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::styled(status, Style::default().fg(Color::Yellow)),
+            Span::raw("  "),
+            Span::styled(help, Style::default().add_modifier(Modifier::DIM)),
+        ])),
+        rows[2],
+    );
 }
 
 fn draw_transcript(f: &mut Frame, app: &App, area: Rect) {
@@ -36,7 +43,10 @@ fn draw_transcript(f: &mut Frame, app: &App, area: Rect) {
     let lines_needed = chars / inner_width + 1;
     let visible = area.height.saturating_sub(2) as usize;
     let scroll = lines_needed.saturating_sub(visible) as u16;
-    let p = Paragraph::new(text).wrap(Wrap { trim: true }).scroll((scroll, 0)).block(Block::default().borders(Borders::ALL).title(" transcript "));
+    let p = Paragraph::new(text)
+        .wrap(Wrap { trim: true })
+        .scroll((scroll, 0))
+        .block(Block::default().borders(Borders::ALL).title(" transcript "));
     f.render_widget(p, area);
 }
 
@@ -44,10 +54,19 @@ fn draw_input(f: &mut Frame, app: &App, area: Rect) {
     let block = Block::default().borders(Borders::ALL).title(" input ");
     let inner = block.inner(area);
     f.render_widget(block, area);
-    let rows = Layout::default().direction(Direction::Vertical).constraints([Constraint::Length(1), Constraint::Length(1), Constraint::Min(1)]).split(inner);
+    let rows = Layout::default()
+        .direction(Direction::Vertical)
+        .constraints([Constraint::Length(1), Constraint::Length(1), Constraint::Min(1)])
+        .split(inner);
     // −60 dBFS … 0 dBFS on the meter.
     let level = ((app.stats.level_db + 60.0) / 60.0).clamp(0.0, 1.0);
-    f.render_widget(Gauge::default().ratio(level).label(format!("{:.0} dBFS", app.stats.level_db.max(-120.0))).gauge_style(Style::default().fg(Color::Green)), rows[0]);
+    f.render_widget(
+        Gauge::default()
+            .ratio(level)
+            .label(format!("{:.0} dBFS", app.stats.level_db.max(-120.0)))
+            .gauge_style(Style::default().fg(Color::Green)),
+        rows[0],
+    );
     let vad = if app.stats.paused {
         Span::styled("paused", Style::default().fg(Color::Yellow))
     } else if app.stats.speech {
@@ -86,7 +105,10 @@ fn draw_compute(f: &mut Frame, app: &App, area: Rect) {
         Line::from(format!("step compute {:.0} ms", s.step_compute_ms)),
         Line::from(vec![
             Span::raw(format!("compute/audio {:.2} ", s.load)),
-            Span::styled(format!("(budget {:.2})", s.budget), if s.load > s.budget { Style::default().fg(Color::Red) } else { Style::default() }),
+            Span::styled(
+                format!("(budget {:.2})", s.budget),
+                if s.load > s.budget { Style::default().fg(Color::Red) } else { Style::default() },
+            ),
         ]),
         Line::from(format!("latency {:.2} s   device cpu", s.last_latency_s)),
     ];
