@@ -35,12 +35,6 @@ pub struct DecodedAudio {
     pub sample_rate: usize,
 }
 
-impl DecodedAudio {
-    pub fn frames(&self) -> usize {
-        self.samples.len() / self.channels.max(1)
-    }
-}
-
 /// Read any supported file and return 16 kHz mono samples.
 pub fn load_mono_16k(path: &Path) -> Result<Vec<f32>, AudioError> {
     let decoded = decode_file(path)?;

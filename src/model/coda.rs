@@ -61,12 +61,17 @@ impl CodaConfig {
 /// fixed point, found exactly by bisection (Σ exp(min(s + a, 0)/ε) = k is monotone in a); the
 /// differentiable iterations then stay there and carry the gradient to s.
 pub fn soft_top_k(scores: &Tensor, k: usize, epsilon: f64, iterations: usize) -> Result<Tensor> {
+    let rows: Vec<Vec<f32>> = scores.detach().to_dtype(DType::F32)?.flatten_to(D::Minus2)?.to_vec2()?;
+    soft_top_k_from_rows(scores, &rows, k, epsilon, iterations)
+}
+
+/// [`soft_top_k`] for callers that already hold the scores on the host (one copy per layer).
+pub fn soft_top_k_from_rows(scores: &Tensor, rows: &[Vec<f32>], k: usize, epsilon: f64, iterations: usize) -> Result<Tensor> {
     let n = scores.dim(D::Minus1)?;
     ensure!(k >= 1 && k <= n, "soft top-k: k = {k} with {n} scores");
     if k == n {
         return Ok(scores.ones_like()?);
     }
-    let rows: Vec<Vec<f32>> = scores.detach().to_dtype(DType::F32)?.flatten_to(D::Minus2)?.to_vec2()?;
     let a0: Vec<f32> = rows.iter().map(|r| solve_threshold(r, k, epsilon) as f32).collect();
     let mut a = Tensor::from_vec(a0, scores.dims()[..scores.rank() - 1].to_vec(), scores.device())?.unsqueeze(D::Minus1)?;
     let ln_k = (k as f64).ln();
@@ -201,8 +206,8 @@ impl EncoderBlock for CodaLayer {
         }
         let light = (x + self.adapter.light(x)?)?;
         let scores = self.adapter.scores(x)?;
-        let lambda = soft_top_k(&scores, k, self.epsilon, self.iterations)?;
         let score_rows: Vec<Vec<f32>> = scores.detach().to_dtype(DType::F32)?.to_vec2()?;
+        let lambda = soft_top_k_from_rows(&scores, &score_rows, k, self.epsilon, self.iterations)?;
         let mut rows = Vec::with_capacity(batch);
         for (bi, row) in score_rows.iter().enumerate() {
             let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;

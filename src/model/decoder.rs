@@ -127,19 +127,6 @@ impl Decoder {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(hidden.matmul(&self.embedding.t()?)?)
     }
-
-    /// Drop the self-attention cache back to `position` tokens (used when a decode restarts
-    /// from the same prompt).
-    pub fn truncate(&self, state: &mut DecoderState, position: usize) -> Result<()> {
-        for c in state.cache.iter_mut() {
-            if let Some(kv) = c.as_mut() {
-                kv.k = kv.k.narrow(2, 0, position)?;
-                kv.v = kv.v.narrow(2, 0, position)?;
-            }
-        }
-        state.position = position;
-        Ok(())
-    }
 }
 
 /// Keys and values of a decoder state as flat f32 rows, [heads][positions][dh] per layer, for

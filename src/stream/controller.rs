@@ -35,10 +35,6 @@ impl BudgetController {
         self.fixed.unwrap_or(self.choices[self.index])
     }
 
-    pub fn choices(&self) -> &[f64] {
-        &self.choices
-    }
-
     /// Record one step (compute seconds for `audio_s` seconds of new audio) and choose r.
     pub fn observe(&mut self, compute_s: f64, audio_s: f64) -> f64 {
         let ratio = compute_s / audio_s.max(1e-3);
