@@ -115,6 +115,10 @@ struct DecodeArgs {
     /// Seed for temperature sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Encode every 30 s window whole, padding included, as openai/whisper does (by default only
+    /// the audio part is encoded and the padding comes from a cache of encoded silence).
+    #[arg(long)]
+    full_window: bool,
 }
 
 impl DecodeArgs {
@@ -133,6 +137,7 @@ impl DecodeArgs {
             encode: EncodeOptions { reduction },
             seed: self.seed,
             audio_ctx: baseline == Some(Baseline::AudioCtx),
+            silence_cache: !self.full_window,
             ..Default::default()
         };
         if self.no_fallback {
@@ -497,11 +502,15 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
     let opts = args.decode.options(&model, args.model.baseline);
-    let label = args.label.clone().unwrap_or_else(|| match (&model.coda, args.model.baseline) {
-        (Some(_), _) => format!("{} CoDA r={}", model.name(), opts.encode.reduction),
-        (None, Some(Baseline::TopkNorm)) => format!("{} top-k by norm r={}", model.name(), opts.encode.reduction),
-        (None, Some(Baseline::AudioCtx)) => format!("{} audio_ctx", model.name()),
-        (None, None) => format!("{} dense", model.name()),
+    let label = args.label.clone().unwrap_or_else(|| {
+        let kind = match (&model.coda, args.model.baseline) {
+            (Some(_), _) => format!("CoDA r={}", opts.encode.reduction),
+            (None, Some(Baseline::TopkNorm)) => format!("top-k by norm r={}", opts.encode.reduction),
+            (None, Some(Baseline::AudioCtx)) => "audio_ctx".to_string(),
+            (None, None) => "dense".to_string(),
+        };
+        let padding = if opts.silence_cache && !opts.audio_ctx { ", silence cache" } else { "" };
+        format!("{} {kind}{padding}", model.name())
     });
     let pb = ProgressBar::with_draw_target(Some(entries.len() as u64), indicatif::ProgressDrawTarget::stderr());
     pb.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({elapsed})").expect("static template"));
@@ -764,21 +773,32 @@ fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
 
 fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
     let model = load_model(&args.model)?;
+    let mut dense_args = args.model.clone();
+    dense_args.dense = true;
+    dense_args.baseline = None;
+    let dense_model = load_model(&dense_args)?;
     let audio = coda_asr::audio::load_mono_16k(&args.audio)?;
-    let t = Transcriber::new(&model);
+    let (t, dense_t) = (Transcriber::new(&model), Transcriber::new(&dense_model));
     let mel = t.log_mel(&audio);
-    let frames = coda_asr::mel::CHUNK_FRAMES;
-    let window = candle_core::Tensor::from_vec(mel.window(0, frames, 0.0), (1, model.config.num_mel_bins, frames), &model.device)?;
-    let time = |run: &dyn Fn() -> Result<coda_asr::model::EncodeStats>| -> Result<(f64, coda_asr::model::EncodeStats)> {
-        let stats = run()?;
-        let mut ms: Vec<f64> = (0..args.repeats.max(1)).map(|_| run().map(|s| s.ms)).collect::<Result<_>>()?;
+    let audio_frames = (audio.len() / coda_asr::mel::HOP_LENGTH).min(coda_asr::mel::CHUNK_FRAMES);
+    // Median wall time of `repeats` encodes after one untimed warm-up, and the warm-up's stats.
+    let median = |t: &Transcriber, reduction: f64, silence_cache: bool| -> Result<(f64, coda_asr::model::EncodeStats)> {
+        let opts = TranscribeOptions { encode: EncodeOptions { reduction }, silence_cache, ..Default::default() };
+        let (_, stats) = t.encode_segment(&mel, 0, audio_frames, &opts)?;
+        let mut ms: Vec<f64> =
+            (0..args.repeats.max(1)).map(|_| t.encode_segment(&mel, 0, audio_frames, &opts).map(|(_, s)| s.ms)).collect::<Result<_>>()?;
         ms.sort_by(f64::total_cmp);
         Ok((ms[ms.len() / 2], stats))
     };
-    let (dense_ms, dense_stats) = time(&|| Ok(model.encoder.forward_dense(&window)?.1))?;
-    println!("| encoder | r | ms / 30 s window (median of {}) | speed-up vs dense | GFLOP | heavy frames per layer |", args.repeats);
-    println!("| --- | ---: | ---: | ---: | ---: | --- |");
-    println!("| dense | 1 | {dense_ms:.1} | 1.00x | {:.1} | {:?} |", dense_stats.flops / 1e9, dense_stats.heavy_frames);
+    let (dense_ms, _) = median(&dense_t, 1.0, false)?;
+    println!(
+        "{}: {:.1} s of audio in a 30 s window; median of {} timed encodes after one warm-up",
+        args.audio.display(),
+        audio.len() as f64 / 16_000.0,
+        args.repeats
+    );
+    println!("| encoder | r | padding | ms / window | speed-up vs dense | GFLOP run (dense) | frames encoded | heavy frames per layer |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |");
     let name = if model.coda.is_some() {
         "CoDA"
     } else if args.model.baseline.is_some() {
@@ -786,10 +806,20 @@ fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
     } else {
         "dense"
     };
-    for &r in &args.reductions {
-        let opts = EncodeOptions { reduction: r };
-        let (ms, stats) = time(&|| Ok(model.encoder.forward(&window, &opts)?.1))?;
-        println!("| {name} | {r} | {ms:.1} | {:.2}x | {:.1} | {:?} |", dense_ms / ms, stats.flops / 1e9, stats.heavy_frames);
+    let rows = std::iter::once(("dense", &dense_t, 1.0)).chain(args.reductions.iter().map(|&r| (name, &t, r)));
+    for (label, transcriber, r) in rows {
+        for silence_cache in [false, true] {
+            let (ms, stats) = median(transcriber, r, silence_cache)?;
+            println!(
+                "| {label} | {r} | {} | {ms:.1} | {:.2}x | {:.1} ({:.1}) | {} | {:?} |",
+                if silence_cache { "cached" } else { "encoded" },
+                dense_ms / ms,
+                stats.flops / 1e9,
+                stats.dense_flops / 1e9,
+                stats.encoded_frames,
+                stats.heavy_frames
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -853,5 +883,11 @@ fn cmd_import(args: ImportArgs) -> Result<ExitCode> {
         s.out_dir.display(),
         s.source_sha256
     );
+    // The padding encodings that silence caching serves, so no transcription pays for them.
+    let model = WhisperModel::load(&s.out_dir, &candle_core::Device::Cpu)?;
+    model.encoder.silence.fill(&model.encoder)?;
+    let table = s.out_dir.join(coda_asr::model::silence::FILE_NAME);
+    model.encoder.silence.save(&table)?;
+    println!("wrote {} ({} padding levels)", table.display(), model.encoder.silence.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -68,6 +68,9 @@ pub struct LogMel {
     pub n_mels: usize,
     pub frames: usize,
     pub data: Vec<f32>,
+    /// The value digital silence takes after the (max − 8) clamp and scaling: what every
+    /// padding frame of this spectrogram holds.
+    pub silence: f32,
 }
 
 impl LogMel {
@@ -177,6 +180,7 @@ impl MelFrontend {
         for v in mel.iter_mut() {
             *v = (v.max(floor) + 4.0) / 4.0;
         }
-        LogMel { n_mels: self.n_mels, frames, data: mel }
+        let silence = (1e-10f32.log10().max(floor) + 4.0) / 4.0;
+        LogMel { n_mels: self.n_mels, frames, data: mel, silence }
     }
 }

@@ -16,6 +16,9 @@ use std::time::Instant;
 const TIME_PRECISION: f64 = 0.02;
 /// Mel frames per encoder frame (the conv stem has stride 2).
 const INPUT_STRIDE: usize = 2;
+/// With silence caching, this much of the padding after the audio (mel frames, 10 ms each) is
+/// encoded with it, so the last words see the silence that follows them as in the dense model.
+pub const SILENCE_MARGIN_FRAMES: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +47,9 @@ pub struct TranscribeOptions {
     /// Baseline (whisper.cpp's audio_ctx): encode only the mel frames that hold audio instead
     /// of a padded 30 s window, with a length guard on decoding (such windows often never end).
     pub audio_ctx: bool,
+    /// Encode only the audio part of a window (plus a margin) and take the padding frames from
+    /// the encoder's silence cache (see [`crate::model::silence`]).
+    pub silence_cache: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -62,6 +68,7 @@ impl Default for TranscribeOptions {
             encode: EncodeOptions::default(),
             seed: 0,
             audio_ctx: false,
+            silence_cache: true,
         }
     }
 }
@@ -185,6 +192,30 @@ impl<'m> Transcriber<'m> {
         self.model.encoder.forward(&mel, opts)
     }
 
+    /// Encode the window starting at mel frame `seek` whose first `segment_size` frames hold
+    /// audio: the whole padded window, only the audio block with cached padding, or (audio_ctx
+    /// baseline) only the audio block.
+    pub fn encode_segment(
+        &self,
+        mel: &LogMel,
+        seek: usize,
+        segment_size: usize,
+        opts: &TranscribeOptions,
+    ) -> Result<(Tensor, EncodeStats)> {
+        // Even counts: the stem has stride 2.
+        let audio_block = |extra: usize| (segment_size + extra).next_multiple_of(2).clamp(2, CHUNK_FRAMES);
+        if opts.audio_ctx {
+            let frames = audio_block(0);
+            return self.encode_window(&mel.window(seek, frames, 0.0), frames, &opts.encode);
+        }
+        let block = audio_block(SILENCE_MARGIN_FRAMES);
+        if !opts.silence_cache || block == CHUNK_FRAMES {
+            return self.encode_window(&mel.window(seek, CHUNK_FRAMES, 0.0), CHUNK_FRAMES, &opts.encode);
+        }
+        let window = Tensor::from_vec(mel.window(seek, block, mel.silence), (1, mel.n_mels, block), &self.model.device)?;
+        self.model.encoder.forward_window(&window, mel.silence, CHUNK_FRAMES, &opts.encode)
+    }
+
     /// Transcribe 16 kHz mono audio. `progress` is called with the seconds done so far.
     pub fn transcribe(&self, audio: &[f32], opts: &TranscribeOptions, progress: &mut dyn FnMut(f64)) -> Result<Transcript> {
         let tok = &self.model.tokenizer;
@@ -217,10 +248,7 @@ impl<'m> Transcriber<'m> {
         while seek < content_frames {
             let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let segment_size = CHUNK_FRAMES.min(content_frames - seek);
-            // audio_ctx: only the frames with audio (even count for the stride-2 stem).
-            let frames = if opts.audio_ctx { (segment_size + segment_size % 2).clamp(2, CHUNK_FRAMES) } else { CHUNK_FRAMES };
-            let window = mel.window(seek, frames, 0.0);
-            let (features, stats) = self.encode_window(&window, frames, &opts.encode)?;
+            let (features, stats) = self.encode_segment(&mel, seek, segment_size, opts)?;
             timings.encoder_ms += stats.ms;
             accumulate(&mut encoder_total, &stats);
             timings.windows += 1;
@@ -543,6 +571,7 @@ impl<'m> Transcriber<'m> {
 
 fn accumulate(total: &mut EncodeStats, s: &EncodeStats) {
     total.frames += s.frames;
+    total.encoded_frames += s.encoded_frames;
     if total.heavy_frames.len() < s.heavy_frames.len() {
         total.heavy_frames.resize(s.heavy_frames.len(), 0);
     }

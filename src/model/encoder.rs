@@ -7,6 +7,7 @@
 
 use super::config::WhisperConfig;
 use super::layers::{attention, fused_linear, layer_norm, linear, merge_heads, split_heads, Gelu, Mlp, Norm};
+use super::silence::SilenceCache;
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv1d, Conv1dConfig, Linear, VarBuilder};
@@ -32,8 +33,11 @@ impl Default for EncodeOptions {
 /// every number a user sees is computed once, here.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EncodeStats {
-    /// Frames entering the layer stack (after the stride-2 conv).
+    /// Frames of the window the decoder sees (after the stride-2 conv).
     pub frames: usize,
+    /// Frames that actually ran through the layer stack: fewer than `frames` when the padding
+    /// came from the silence cache.
+    pub encoded_frames: usize,
     /// Frames that went through each layer's heavy (pretrained) branch.
     pub heavy_frames: Vec<usize>,
     /// Floating-point operations actually run (multiply-add = 2).
@@ -136,6 +140,8 @@ pub struct Encoder {
     pub n_mels: usize,
     pub max_frames: usize,
     ffn: usize,
+    /// Dense encodings of padding, for [`Encoder::forward_window`].
+    pub silence: SilenceCache,
 }
 
 impl Encoder {
@@ -161,6 +167,7 @@ impl Encoder {
             n_mels: cfg.num_mel_bins,
             max_frames: cfg.max_source_positions,
             ffn: cfg.encoder_ffn(),
+            silence: SilenceCache::default(),
         })
     }
 
@@ -202,6 +209,34 @@ impl Encoder {
         self.forward_with(&self.layers, mel, opts)
     }
 
+    /// Encode a window of `window_mel_frames` mel frames of which only the first ones, given in
+    /// `mel` [1, n_mels, frames], hold audio; the rest is padding at mel value `silence_level`,
+    /// served from the silence cache (see [`super::silence`]). Returns [1, window/2, d], and
+    /// stats whose dense FLOPs are those of the whole window.
+    pub fn forward_window(
+        &self,
+        mel: &Tensor,
+        silence_level: f32,
+        window_mel_frames: usize,
+        opts: &EncodeOptions,
+    ) -> Result<(Tensor, EncodeStats)> {
+        let (batch, _, frames) = mel.dims3()?;
+        ensure!(batch == 1, "silence caching encodes one window at a time");
+        ensure!(frames % 2 == 0 && frames <= window_mel_frames, "audio block of {frames} mel frames in a {window_mel_frames}-frame window");
+        if frames == window_mel_frames {
+            return self.forward(mel, opts);
+        }
+        let start = Instant::now();
+        let padding = self.silence.encoding(self, silence_level)?;
+        let (block, mut stats) = self.forward(mel, opts)?;
+        let (n_block, n_window) = (frames / 2, window_mel_frames / 2);
+        let x = Tensor::cat(&[&block, &padding.narrow(1, n_block, n_window - n_block)?], 1)?;
+        stats.frames = n_window;
+        stats.dense_flops = self.stem_flops(window_mel_frames) + self.layers.len() as f64 * layer_flops(n_window, self.d, self.ffn);
+        stats.ms = start.elapsed().as_secs_f64() * 1e3;
+        Ok((x, stats))
+    }
+
     /// The dense encoder, whatever layers are installed.
     pub fn forward_dense(&self, mel: &Tensor) -> Result<(Tensor, EncodeStats)> {
         let dense: Vec<Arc<dyn EncoderBlock>> = self.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
@@ -227,7 +262,7 @@ impl Encoder {
         let mut x = self.stem(mel)?;
         let n = x.dim(1)?;
         let stem = b * self.stem_flops(mel.dim(2)?);
-        let mut stats = EncodeStats { frames: n, flops: stem, dense_flops: stem, ..Default::default() };
+        let mut stats = EncodeStats { frames: n, encoded_frames: n, flops: stem, dense_flops: stem, ..Default::default() };
         for layer in layers {
             let (y, s) = layer.forward(&x, opts)?;
             x = y;

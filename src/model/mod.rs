@@ -10,6 +10,7 @@ pub mod gemv;
 pub mod import;
 pub mod kernels;
 pub mod layers;
+pub mod silence;
 pub mod step;
 pub mod tokens;
 
@@ -74,7 +75,11 @@ impl WhisperModel {
         // SAFETY: the file is memory-mapped read-only and not modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
             .with_context(|| format!("{}: cannot read weights", weights.display()))?;
-        let encoder = Encoder::load(vb.pp("model.encoder"), &config).with_context(|| format!("{}: encoder weights", dir.display()))?;
+        let mut encoder = Encoder::load(vb.pp("model.encoder"), &config).with_context(|| format!("{}: encoder weights", dir.display()))?;
+        let silence_table = dir.join(silence::FILE_NAME);
+        if silence_table.is_file() {
+            encoder.silence = silence::SilenceCache::load(&silence_table, config.max_source_positions, config.d_model, device)?;
+        }
         let decoder = Decoder::load(vb.pp("model.decoder"), &config).with_context(|| format!("{}: decoder weights", dir.display()))?;
         let step = if device.is_cpu() { Some(step::StepDecoder::load(&weights, &config)?) } else { None };
         let tokenizer = WhisperTokenizer::load(&dir.join("tokenizer.json"), config.is_multilingual())?;
