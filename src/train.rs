@@ -5,6 +5,9 @@
 //!   model's own greedy transcript;
 //! - MSE between the encoder outputs, audio frames weighted 1 and padding frames `pad_weight`.
 //!
+//! Windows are encoded as inference encodes them: the audio block only, with the padding from
+//! the silence cache, so r applies to the frames that hold audio.
+//!
 //! One adapter set serves every budget: r is drawn per step from the configured set.
 
 use crate::audio;
@@ -12,7 +15,7 @@ use crate::mel::{MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RA
 use crate::model::coda::{CodaConfig, CodaWeights};
 use crate::model::{EncodeOptions, EncoderBlock, WhisperModel};
 use crate::rng::Rng;
-use crate::transcribe::Transcriber;
+use crate::transcribe::{encoded_block_frames, Transcriber};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -147,6 +150,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         }
         all
     };
+    let dense_layers: Vec<Arc<dyn EncoderBlock>> = model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
     let mut optimizer = AdamW::new(weights.vars.all_vars(), ParamsAdamW { lr: opts.lr, weight_decay: 0.0, ..Default::default() })?;
     let mel = MelFrontend::new(model.config.num_mel_bins);
     model.encoder.uninstall();
@@ -167,11 +171,17 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         }
         let audio = make_example(&clips, &mut rng, opts.min_seconds, opts.max_seconds);
         let m = mel.compute(&audio, CHUNK_SAMPLES);
-        let window = Tensor::from_vec(m.window(0, CHUNK_FRAMES, 0.0), (1, model.config.num_mel_bins, CHUNK_FRAMES), dev)?;
+        // As inference runs it: the audio block is encoded, the padding comes from the cache.
+        let audio_mel_frames = (audio.len() / HOP_LENGTH).min(CHUNK_FRAMES);
+        let block = encoded_block_frames(audio_mel_frames);
+        let window = Tensor::from_vec(m.window(0, block, m.silence), (1, model.config.num_mel_bins, block), dev)?;
         let reduction = opts.reductions[rng.below(opts.reductions.len())];
+        let encode = |layers: &[Arc<dyn EncoderBlock>], reduction: f64| {
+            model.encoder.forward_window_with(layers, &window, m.silence, CHUNK_FRAMES, &EncodeOptions { reduction })
+        };
 
         // Teacher: the frozen dense model and its own greedy transcript.
-        let (teacher_enc, _) = model.encoder.forward_dense(&window)?;
+        let (teacher_enc, _) = encode(&dense_layers, 1.0)?;
         let (prefix, target) = transcriber.greedy_tokens(&teacher_enc)?;
         let mut tokens = prefix.clone();
         tokens.extend(&target);
@@ -188,7 +198,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         let teacher_logp = candle_nn::ops::log_softmax(&teacher_logits, D::Minus1)?;
 
         // Student: CoDA layers at this step's r.
-        let (student_enc, _) = model.encoder.forward_with(&student_layers, &window, &EncodeOptions { reduction })?;
+        let (student_enc, _) = encode(&student_layers, reduction)?;
         let student_logits = {
             let mut state = model.decoder.start(&student_enc)?;
             let h = model.decoder.forward(&input, &mut state)?.narrow(1, first, count)?.squeeze(0)?;
@@ -197,11 +207,13 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         let student_logp = candle_nn::ops::log_softmax(&student_logits, D::Minus1)?;
         let kl = (teacher_p * (teacher_logp - student_logp)?)?.sum(D::Minus1)?.mean_all()?;
 
-        // Encoder MSE, audio frames weighted 1, padding frames pad_weight.
-        let audio_frames = (audio.len() / HOP_LENGTH).div_ceil(2).min(CHUNK_FRAMES / 2);
-        let frame_weights: Vec<f32> = (0..CHUNK_FRAMES / 2).map(|i| if i < audio_frames { 1.0 } else { opts.pad_weight as f32 }).collect();
-        let fw = Tensor::from_vec(frame_weights, (1, CHUNK_FRAMES / 2, 1), dev)?;
-        let sq = (student_enc - teacher_enc)?.sqr()?.broadcast_mul(&fw)?;
+        // Encoder MSE over the encoded block (the cached padding is the same for both): audio
+        // frames weighted 1, the margin of padding after them pad_weight.
+        let (audio_frames, block_frames) = (audio_mel_frames.div_ceil(2), block / 2);
+        let frame_weights: Vec<f32> = (0..block_frames).map(|i| if i < audio_frames { 1.0 } else { opts.pad_weight as f32 }).collect();
+        let fw = Tensor::from_vec(frame_weights, (1, block_frames, 1), dev)?;
+        let diff = (student_enc.narrow(1, 0, block_frames)? - teacher_enc.narrow(1, 0, block_frames)?)?;
+        let sq = diff.sqr()?.broadcast_mul(&fw)?;
         let mse = (sq.sum_all()? / (fw.sum_all()?.to_scalar::<f32>()? as f64 * model.config.d_model as f64))?;
 
         let loss = ((kl.clone() * opts.kl_weight)? + (mse.clone() * opts.mse_weight)?)?;

@@ -20,6 +20,12 @@ const INPUT_STRIDE: usize = 2;
 /// encoded with it, so the last words see the silence that follows them as in the dense model.
 pub const SILENCE_MARGIN_FRAMES: usize = 100;
 
+/// Mel frames of a window that silence caching encodes when `audio_frames` hold audio: the
+/// audio and its margin, rounded up to even (the stem has stride 2).
+pub fn encoded_block_frames(audio_frames: usize) -> usize {
+    (audio_frames + SILENCE_MARGIN_FRAMES).next_multiple_of(2).clamp(2, CHUNK_FRAMES)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
@@ -202,13 +208,11 @@ impl<'m> Transcriber<'m> {
         segment_size: usize,
         opts: &TranscribeOptions,
     ) -> Result<(Tensor, EncodeStats)> {
-        // Even counts: the stem has stride 2.
-        let audio_block = |extra: usize| (segment_size + extra).next_multiple_of(2).clamp(2, CHUNK_FRAMES);
         if opts.audio_ctx {
-            let frames = audio_block(0);
+            let frames = segment_size.next_multiple_of(2).clamp(2, CHUNK_FRAMES);
             return self.encode_window(&mel.window(seek, frames, 0.0), frames, &opts.encode);
         }
-        let block = audio_block(SILENCE_MARGIN_FRAMES);
+        let block = encoded_block_frames(segment_size);
         if !opts.silence_cache || block == CHUNK_FRAMES {
             return self.encode_window(&mel.window(seek, CHUNK_FRAMES, 0.0), CHUNK_FRAMES, &opts.encode);
         }

@@ -213,8 +213,14 @@ impl Encoder {
     /// `mel` [1, n_mels, frames], hold audio; the rest is padding at mel value `silence_level`,
     /// served from the silence cache (see [`super::silence`]). Returns [1, window/2, d], and
     /// stats whose dense FLOPs are those of the whole window.
-    pub fn forward_window(
+    pub fn forward_window(&self, mel: &Tensor, silence_level: f32, window_mel_frames: usize, opts: &EncodeOptions) -> Result<(Tensor, EncodeStats)> {
+        self.forward_window_with(&self.layers, mel, silence_level, window_mel_frames, opts)
+    }
+
+    /// [`Encoder::forward_window`] with an explicit layer stack (training).
+    pub fn forward_window_with(
         &self,
+        layers: &[Arc<dyn EncoderBlock>],
         mel: &Tensor,
         silence_level: f32,
         window_mel_frames: usize,
@@ -224,15 +230,15 @@ impl Encoder {
         ensure!(batch == 1, "silence caching encodes one window at a time");
         ensure!(frames % 2 == 0 && frames <= window_mel_frames, "audio block of {frames} mel frames in a {window_mel_frames}-frame window");
         if frames == window_mel_frames {
-            return self.forward(mel, opts);
+            return self.forward_with(layers, mel, opts);
         }
         let start = Instant::now();
         let padding = self.silence.encoding(self, silence_level)?;
-        let (block, mut stats) = self.forward(mel, opts)?;
+        let (block, mut stats) = self.forward_with(layers, mel, opts)?;
         let (n_block, n_window) = (frames / 2, window_mel_frames / 2);
         let x = Tensor::cat(&[&block, &padding.narrow(1, n_block, n_window - n_block)?], 1)?;
         stats.frames = n_window;
-        stats.dense_flops = self.stem_flops(window_mel_frames) + self.layers.len() as f64 * layer_flops(n_window, self.d, self.ffn);
+        stats.dense_flops = self.stem_flops(window_mel_frames) + layers.len() as f64 * layer_flops(n_window, self.d, self.ffn);
         stats.ms = start.elapsed().as_secs_f64() * 1e3;
         Ok((x, stats))
     }
