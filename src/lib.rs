@@ -2,6 +2,7 @@
 //! (CoDA) can replace encoder layers and cut the encoder's cost at run time.
 
 pub mod audio;
+pub mod device;
 pub mod eval;
 pub mod mel;
 pub mod model;

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use coda_asr::device::{DTypeChoice, DeviceChoice};
 use coda_asr::eval;
 use coda_asr::model::{import::import_ct2_dir, resolve_model_dir, EncodeOptions, WhisperModel, DEFAULT_MODEL};
 use coda_asr::output::{render, Format};
@@ -80,6 +81,12 @@ struct ModelArgs {
     /// frames holding audio, as whisper.cpp's audio_ctx).
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
+    /// Where the model runs: auto (CUDA when built in and present, else the CPU), cpu, cuda[:N].
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Float type of weights and activations (auto: float16 on a GPU, float32 on the CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    dtype: DTypeChoice,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -368,7 +375,10 @@ fn load_model(args: &ModelArgs) -> Result<WhisperModel> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let dir = resolve_model_dir(&args.model)?;
-    let mut model = WhisperModel::load(&dir, &candle_core::Device::Cpu)?;
+    let selected = coda_asr::device::select(args.device)?;
+    eprintln!("{}", selected.description);
+    let dtype = args.dtype.resolve(&selected.device);
+    let mut model = WhisperModel::load_with(&dir, &selected.device, dtype)?;
     if let Some(Baseline::TopkNorm) = args.baseline {
         model.encoder.install(coda_asr::model::baselines::top_k_norm_layers(&model.encoder.dense_layers));
         return Ok(model);

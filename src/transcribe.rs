@@ -7,7 +7,7 @@ use crate::model::step::StepState;
 use crate::model::{DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
-use candle_core::{IndexOp, Tensor};
+use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
 use std::io::Write;
 use std::time::Instant;
@@ -194,7 +194,8 @@ impl<'m> Transcriber<'m> {
 
     /// Encode one mel window [n_mels, frames] → features [1, n, d].
     pub fn encode_window(&self, window: &[f32], frames: usize, opts: &EncodeOptions) -> Result<(Tensor, EncodeStats)> {
-        let mel = Tensor::from_slice(window, (1, self.model.config.num_mel_bins, frames), &self.model.device)?;
+        let mel =
+            Tensor::from_slice(window, (1, self.model.config.num_mel_bins, frames), &self.model.device)?.to_dtype(self.model.dtype)?;
         self.model.encoder.forward(&mel, opts)
     }
 
@@ -216,7 +217,8 @@ impl<'m> Transcriber<'m> {
         if !opts.silence_cache || block == CHUNK_FRAMES {
             return self.encode_window(&mel.window(seek, CHUNK_FRAMES, 0.0), CHUNK_FRAMES, &opts.encode);
         }
-        let window = Tensor::from_vec(mel.window(seek, block, mel.silence), (1, mel.n_mels, block), &self.model.device)?;
+        let window = Tensor::from_vec(mel.window(seek, block, mel.silence), (1, mel.n_mels, block), &self.model.device)?
+            .to_dtype(self.model.dtype)?;
         self.model.encoder.forward_window(&window, mel.silence, CHUNK_FRAMES, &opts.encode)
     }
 
@@ -390,7 +392,7 @@ impl<'m> Transcriber<'m> {
         let mut state = dec.start(features)?;
         let input = Tensor::new(&[[tok.sot]], &self.model.device)?;
         let hidden = dec.forward(&input, &mut state)?;
-        let logits: Vec<f32> = dec.logits(&hidden.i((0, 0..1))?)?.i(0)?.to_vec1()?;
+        let logits: Vec<f32> = dec.logits(&hidden.i((0, 0..1))?)?.i(0)?.to_dtype(DType::F32)?.to_vec1()?;
         let best = tok
             .languages
             .iter()
@@ -425,7 +427,7 @@ impl<'m> Transcriber<'m> {
         let input = Tensor::new(initial.as_slice(), &self.model.device)?.unsqueeze(0)?;
         let hidden = dec.forward(&input, &mut state)?;
         let rows = Tensor::cat(&[hidden.i((0, sot_index..sot_index + 1))?, hidden.i((0, initial.len() - 1..initial.len()))?], 0)?;
-        let logits = dec.logits(&rows)?;
+        let logits = dec.logits(&rows)?.to_dtype(DType::F32)?;
         let sot_logits: Vec<f32> = logits.i(0)?.to_vec1()?;
         let first_logits: Vec<f32> = logits.i(1)?.to_vec1()?;
         let no_speech_prob = match tok.no_speech {
@@ -510,7 +512,7 @@ impl<'m> Transcriber<'m> {
                 Stepper::Tensors(s) => {
                     let input = Tensor::new(&[[next]], &self.model.device)?;
                     let hidden = dec.forward(&input, s)?;
-                    logits = dec.logits(&hidden.i(0)?)?.i(0)?.to_vec1()?;
+                    logits = dec.logits(&hidden.i(0)?)?.i(0)?.to_dtype(DType::F32)?.to_vec1()?;
                 }
             }
         }

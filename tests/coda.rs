@@ -92,6 +92,42 @@ fn fresh_adapters_at_r1_reproduce_the_dense_encoder_and_route_at_r4() {
 }
 
 #[test]
+fn routing_with_tensor_ops_matches_the_host_routing() {
+    // What a GPU runs (no host copies between layers), checked on the CPU against the host path.
+    let model = common::tiny_en();
+    let coda_dir = model.default_coda_dir().expect("models/coda-tiny.en is shipped with the repository");
+    let weights = CodaWeights::load(&coda_dir, &Device::Cpu).unwrap();
+    let layers = weights.layers(&model.encoder.dense_layers, false).unwrap();
+    let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
+    for r in [2.0, 4.0, 8.0] {
+        let opts = EncodeOptions { reduction: r };
+        let (_, layer) = &layers[1];
+        let (host, host_stats) = layer.forward_routed(&x, &opts, false).unwrap();
+        let (device, device_stats) = layer.forward_routed(&x, &opts, true).unwrap();
+        assert_eq!(host_stats.heavy_frames, device_stats.heavy_frames);
+        let diff = (&host - &device).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 2e-3, "r = {r}: host and device routing differ by {diff}");
+
+        let k = host_stats.heavy_frames;
+        let scores = layer.adapter.scores(&x).unwrap();
+        let row: Vec<f32> = scores.squeeze(0).unwrap().to_vec1().unwrap();
+        let (select, lambda) = coda_asr::model::coda::route_on_device(&scores, k, 1.0, 30).unwrap();
+        let picked: Vec<u32> = select.squeeze(0).unwrap().argmax(1).unwrap().to_vec1().unwrap();
+        assert_eq!(picked, top_k_in_time_order(&row, k), "r = {r}: selected frames or their order differ");
+        let host_lambda: Vec<f32> = soft_top_k(&scores, k, 1.0, 0).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let lambda: Vec<f32> = lambda.flatten_all().unwrap().to_vec1().unwrap();
+        for (j, &i) in picked.iter().enumerate() {
+            assert!(
+                (lambda[j] - host_lambda[i as usize]).abs() < 2e-3,
+                "r = {r}: λ of frame {i}: {} vs {}",
+                lambda[j],
+                host_lambda[i as usize]
+            );
+        }
+    }
+}
+
+#[test]
 fn adapters_save_and_load_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let config = CodaConfig::new(vec![1, 3], "tiny.en", "abc");

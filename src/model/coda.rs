@@ -194,6 +194,15 @@ impl CodaLayer {
 
 impl EncoderBlock for CodaLayer {
     fn forward(&self, x: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, BlockStats)> {
+        self.forward_routed(x, opts, !x.device().is_cpu())
+    }
+}
+
+impl CodaLayer {
+    /// The layer with routing done on the host (`on_device` false: exact bisection for λ, one
+    /// copy of the scores per layer) or with tensor ops only (true: what GPUs run, so nothing
+    /// leaves the device between layers; callable on the CPU to check it against the host path).
+    pub fn forward_routed(&self, x: &Tensor, opts: &EncodeOptions, on_device: bool) -> Result<(Tensor, BlockStats)> {
         let (batch, n, _) = x.dims3()?;
         let r = opts.reduction.max(1.0);
         let k = ((n as f64 / r).ceil() as usize).clamp(1, n);
@@ -206,17 +215,63 @@ impl EncoderBlock for CodaLayer {
         }
         let light = (x + self.adapter.light(x)?)?;
         let scores = self.adapter.scores(x)?;
-        let score_rows: Vec<Vec<f32>> = scores.detach().to_dtype(DType::F32)?.to_vec2()?;
-        let lambda = soft_top_k_from_rows(&scores, &score_rows, k, self.epsilon, self.iterations)?;
         let mut rows = Vec::with_capacity(batch);
-        for (bi, row) in score_rows.iter().enumerate() {
-            let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;
-            let lam = lambda.narrow(0, bi, 1)?.index_select(&idx, 1)?.unsqueeze(2)?;
-            rows.push(add_heavy_update(&self.dense, &x.narrow(0, bi, 1)?, &light.narrow(0, bi, 1)?, &idx, Some(&lam))?);
+        if on_device {
+            for bi in 0..batch {
+                let (xb, lb) = (x.narrow(0, bi, 1)?, light.narrow(0, bi, 1)?);
+                let (select, lam) = route_on_device(&scores.narrow(0, bi, 1)?, k, self.epsilon, self.iterations)?;
+                let select = select.to_dtype(x.dtype())?;
+                let sel = select.matmul(&xb)?;
+                let delta = (self.dense.run(&sel)? - &sel)?.broadcast_mul(&lam.to_dtype(x.dtype())?)?;
+                rows.push((lb + select.t()?.matmul(&delta)?)?);
+            }
+        } else {
+            let score_rows: Vec<Vec<f32>> = scores.detach().to_dtype(DType::F32)?.to_vec2()?;
+            let lambda =
+                soft_top_k_from_rows(&scores.to_dtype(DType::F32)?, &score_rows, k, self.epsilon, self.iterations)?.to_dtype(x.dtype())?;
+            for (bi, row) in score_rows.iter().enumerate() {
+                let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;
+                let lam = lambda.narrow(0, bi, 1)?.index_select(&idx, 1)?.unsqueeze(2)?;
+                rows.push(add_heavy_update(&self.dense, &x.narrow(0, bi, 1)?, &light.narrow(0, bi, 1)?, &idx, Some(&lam))?);
+            }
         }
         let y = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? };
         Ok((y, BlockStats { heavy_frames: k, flops }))
     }
+}
+
+/// Routing for one sequence with tensor ops only, for devices where a host round trip per layer
+/// would stall the pipeline. Scores s [1, n] → (P [1, k, n], λ of the selected frames [1, k, 1]).
+/// P has one 1 per row, at the j-th selected frame in time order, so P·X gathers the selected
+/// frames and Pᵀ·Δ scatters their updates back, both exactly. A frame is selected when fewer
+/// than k frames rank above it (ties broken by time). λ comes from the CoLT5 iteration started
+/// at a = −(k-th largest score), next to its fixed point, so the iterations converge.
+pub fn route_on_device(scores: &Tensor, k: usize, epsilon: f64, iterations: usize) -> Result<(Tensor, Tensor)> {
+    let s = scores.detach().to_dtype(DType::F32)?;
+    let n = s.dim(1)?;
+    let device = s.device();
+    // above[i, j] = 1 when frame j ranks above frame i.
+    let (col, row) = (s.reshape((n, 1))?, s.reshape((1, n))?);
+    let earlier = Tensor::tril2(n, DType::F32, device)?.sub(&Tensor::eye(n, DType::F32, device)?)?;
+    let above = (row.broadcast_gt(&col)?.to_dtype(DType::F32)? + row.broadcast_eq(&col)?.to_dtype(DType::F32)?.mul(&earlier)?)?;
+    let rank = above.sum(1)?; // [n]
+    let selected = rank.lt(k as f64)?.to_dtype(DType::F32)?;
+    let slot = (selected.cumsum(0)? - 1.0)?;
+    let slots = Tensor::arange(0u32, k as u32, device)?.to_dtype(DType::F32)?.reshape((k, 1))?;
+    let select = slots.broadcast_eq(&slot.reshape((1, n))?)?.to_dtype(DType::F32)?.broadcast_mul(&selected.reshape((1, n))?)?;
+    // Soft top-k λ over all frames, then the selected ones.
+    let kth = s.reshape(n)?.mul(&rank.eq((k - 1) as f64)?.to_dtype(DType::F32)?)?.sum_all()?;
+    let mut a = kth.neg()?.reshape((1, 1))?;
+    let ln_k = (k as f64).ln();
+    let mut b = s.broadcast_add(&a)?.neg()?.minimum(0f64)?;
+    for _ in 0..iterations {
+        let z = ((&s + &b)? / epsilon)?;
+        a = ((logsumexp_last(&z)? * -epsilon)? + epsilon * ln_k)?;
+        b = s.broadcast_add(&a)?.neg()?.minimum(0f64)?;
+    }
+    let lambda = (s.broadcast_add(&a)? + &b)?.affine(1.0 / epsilon, 0.0)?.exp()?; // [1, n]
+    let lam_selected = select.matmul(&lambda.reshape((n, 1))?)?; // [k, 1]
+    Ok((select.unsqueeze(0)?, lam_selected.unsqueeze(0)?))
 }
 
 /// Adapter weights and their config, as shipped under `models/`.
@@ -279,8 +334,10 @@ impl CodaWeights {
         let vb = if trainable {
             VarBuilder::from_varmap(&self.vars, DType::F32, &device)
         } else {
+            // Inference runs the adapters in the encoder's float type (float16 on a GPU).
+            let dtype = dense.first().map_or(DType::F32, |l| l.qkv.weight().dtype());
             let frozen: std::collections::HashMap<String, Tensor> = data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
-            VarBuilder::from_tensors(frozen, DType::F32, &device)
+            VarBuilder::from_tensors(frozen, dtype, &device)
         };
         drop(data);
         self.config

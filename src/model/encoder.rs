@@ -213,7 +213,13 @@ impl Encoder {
     /// `mel` [1, n_mels, frames], hold audio; the rest is padding at mel value `silence_level`,
     /// served from the silence cache (see [`super::silence`]). Returns [1, window/2, d], and
     /// stats whose dense FLOPs are those of the whole window.
-    pub fn forward_window(&self, mel: &Tensor, silence_level: f32, window_mel_frames: usize, opts: &EncodeOptions) -> Result<(Tensor, EncodeStats)> {
+    pub fn forward_window(
+        &self,
+        mel: &Tensor,
+        silence_level: f32,
+        window_mel_frames: usize,
+        opts: &EncodeOptions,
+    ) -> Result<(Tensor, EncodeStats)> {
         self.forward_window_with(&self.layers, mel, silence_level, window_mel_frames, opts)
     }
 

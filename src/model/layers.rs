@@ -109,7 +109,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
         let (qh, kh, vh) = (q.narrow(1, h0, g)?, k.narrow(1, h0, g)?, v.narrow(1, h0, g)?);
         let mut scores = qh.matmul(&kh.t()?)?;
         if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
+            scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
         }
         let weights = if scores.track_op() {
             candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?

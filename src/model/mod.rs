@@ -35,6 +35,8 @@ pub struct WhisperModel {
     pub step: Option<step::StepDecoder>,
     pub tokenizer: WhisperTokenizer,
     pub device: Device,
+    /// Float type of the weights and activations (float32 on the CPU).
+    pub dtype: DType,
     pub dir: PathBuf,
     /// Conditional adapters, when loaded; installed in the encoder unless turned off.
     pub coda: Option<coda::CodaWeights>,
@@ -67,23 +69,28 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
 impl WhisperModel {
     /// Load a Hugging Face-layout Whisper directory (config.json, model.safetensors, tokenizer.json).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_with(dir, device, DType::F32)
+    }
+
+    /// [`WhisperModel::load`] with weights and activations in `dtype` (float16/bfloat16 for GPUs).
+    pub fn load_with(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let config = WhisperConfig::from_dir(dir)?;
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
             bail!("{}: no model.safetensors in the model directory", dir.display());
         }
         // SAFETY: the file is memory-mapped read-only and not modified while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], dtype, device) }
             .with_context(|| format!("{}: cannot read weights", weights.display()))?;
         let mut encoder = Encoder::load(vb.pp("model.encoder"), &config).with_context(|| format!("{}: encoder weights", dir.display()))?;
         let silence_table = dir.join(silence::FILE_NAME);
         if silence_table.is_file() {
-            encoder.silence = silence::SilenceCache::load(&silence_table, config.max_source_positions, config.d_model, device)?;
+            encoder.silence = silence::SilenceCache::load(&silence_table, config.max_source_positions, config.d_model, device, dtype)?;
         }
         let decoder = Decoder::load(vb.pp("model.decoder"), &config).with_context(|| format!("{}: decoder weights", dir.display()))?;
-        let step = if device.is_cpu() { Some(step::StepDecoder::load(&weights, &config)?) } else { None };
+        let step = if device.is_cpu() && dtype == DType::F32 { Some(step::StepDecoder::load(&weights, &config)?) } else { None };
         let tokenizer = WhisperTokenizer::load(&dir.join("tokenizer.json"), config.is_multilingual())?;
-        Ok(Self { config, encoder, decoder, step, tokenizer, device: device.clone(), dir: dir.to_path_buf(), coda: None })
+        Ok(Self { config, encoder, decoder, step, tokenizer, device: device.clone(), dtype, dir: dir.to_path_buf(), coda: None })
     }
 
     /// sha256 identifying the weights, recorded with adapters so they never run on another

@@ -54,7 +54,8 @@ impl SilenceCache {
         // Computed outside the lock: two threads may both compute a missing point once, which
         // is cheaper than making every reader wait behind a dense encode.
         let level = index as f32 * GRID_STEP;
-        let mel = Tensor::full(level, (1, encoder.n_mels, 2 * encoder.max_frames), encoder.positions.device())?;
+        let mel = Tensor::full(level, (1, encoder.n_mels, 2 * encoder.max_frames), encoder.positions.device())?
+            .to_dtype(encoder.positions.dtype())?;
         let (encoded, _) = encoder.forward_dense(&mel)?;
         self.grid.lock().expect("silence cache lock").insert(index, encoded.clone());
         Ok(encoded)
@@ -78,7 +79,7 @@ impl SilenceCache {
     }
 
     /// Load a grid saved by [`SilenceCache::save`]; `frames`×`d` must match the encoder.
-    pub fn load(path: &Path, frames: usize, d: usize, device: &Device) -> Result<Self> {
+    pub fn load(path: &Path, frames: usize, d: usize, device: &Device, dtype: DType) -> Result<Self> {
         let tensors = candle_core::safetensors::load(path, device).with_context(|| format!("{}: cannot read", path.display()))?;
         let mut grid = HashMap::new();
         for (name, t) in tensors {
@@ -92,7 +93,7 @@ impl SilenceCache {
                 path.display(),
                 t.dims()
             );
-            grid.insert(index, t.to_dtype(DType::F32)?);
+            grid.insert(index, t.to_dtype(dtype)?);
         }
         Ok(Self { grid: Mutex::new(grid) })
     }
