@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod device;
+pub mod encoder_bench;
 pub mod eval;
 pub mod mel;
 pub mod model;

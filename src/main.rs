@@ -6,6 +6,7 @@ use coda_asr::device::{DTypeChoice, DeviceChoice};
 use coda_asr::eval;
 use coda_asr::model::{import::import_ct2_dir, resolve_model_dir, EncodeOptions, WhisperModel, DEFAULT_MODEL};
 use coda_asr::output::{render, Format};
+use coda_asr::stream::StreamOptions;
 use coda_asr::transcribe::{Task, TranscribeOptions, Transcriber};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ enum Command {
     Eval(EvalArgs),
     /// Live transcription from a microphone, or a file replayed at real-time pace (--input).
     #[command(
-        after_help = "Examples:\n  coda-asr live --no-tui\n  coda-asr live --input talk.wav --speed 2 --no-tui --format jsonl\n  coda-asr live --device 1 --budget 0.4 --save notes.txt --record session.wav"
+        after_help = "Examples:\n  coda-asr live --no-tui\n  coda-asr live --input talk.wav --speed 2 --no-tui --format jsonl\n  coda-asr live --capture 1 --budget 0.4 --save notes.txt --record session.wav"
     )]
     Live(LiveArgs),
     /// List audio input devices.
@@ -204,18 +205,12 @@ struct LiveArgs {
     /// Replay speed for --input (1 = real time).
     #[arg(long, default_value_t = 1.0)]
     speed: f64,
-    /// Input device index or name (see `coda-asr devices`); default device otherwise.
-    #[arg(long)]
-    device: Option<String>,
-    /// Seconds of new audio between re-transcriptions.
-    #[arg(long, default_value_t = 1.0)]
-    step: f64,
-    /// Compute / audio ratio to stay under; r is raised when above.
-    #[arg(long, default_value_t = 0.5)]
-    budget: f64,
-    /// Fix the reduction factor instead of adapting it.
-    #[arg(long)]
-    reduction: Option<f64>,
+    /// Capture device index or name (see `coda-asr devices`); the default input otherwise.
+    /// (`--device` picks where the model runs.)
+    #[arg(long, value_name = "NAME|INDEX")]
+    capture: Option<String>,
+    #[command(flatten)]
+    stream: StreamArgs,
     /// Print to stdout instead of the terminal UI.
     #[arg(long)]
     no_tui: bool,
@@ -230,6 +225,51 @@ struct LiveArgs {
     record: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+}
+
+/// How the streaming recogniser paces itself (live and stream-bench).
+#[derive(Args, Clone)]
+struct StreamArgs {
+    /// Seconds of new audio between re-transcriptions.
+    #[arg(long, default_value_t = StreamOptions::default().step_s)]
+    step: f64,
+    /// Seconds of speech before the first re-transcription of an utterance (repeated at this
+    /// pace until words appear).
+    #[arg(long, default_value_t = StreamOptions::default().first_step_s)]
+    first_step: f64,
+    /// Seconds of silence that end an utterance and make its words final.
+    #[arg(long, default_value_t = StreamOptions::default().vad_hangover_s)]
+    hangover: f64,
+    /// Compute / audio ratio to stay under; r is raised when above.
+    #[arg(long, default_value_t = StreamOptions::default().budget)]
+    budget: f64,
+    /// Fix the reduction factor instead of adapting it.
+    #[arg(long)]
+    reduction: Option<f64>,
+}
+
+impl StreamArgs {
+    fn options(&self, model: &WhisperModel, speed: f64) -> StreamOptions {
+        let reductions = match &model.coda {
+            Some(c) => {
+                let mut r = c.config.reductions.clone();
+                r.push(1.0);
+                r
+            }
+            None => Vec::new(),
+        };
+        StreamOptions {
+            step_s: self.step,
+            first_step_s: self.first_step,
+            vad_hangover_s: self.hangover,
+            budget: self.budget,
+            start_reduction: model.coda.as_ref().map_or(1.0, |c| c.config.default_reduction),
+            fixed_reduction: self.reduction,
+            reductions,
+            speed,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -251,13 +291,8 @@ struct StreamBenchArgs {
     /// Replay the manifest this many times (memory and latency drift over a long session).
     #[arg(long, default_value_t = 1)]
     loops: usize,
-    #[arg(long, default_value_t = 0.5)]
-    budget: f64,
-    /// Fix r instead of letting the controller choose.
-    #[arg(long)]
-    reduction: Option<f64>,
-    #[arg(long, default_value_t = 1.0)]
-    step: f64,
+    #[command(flatten)]
+    stream: StreamArgs,
     /// Write the full report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -275,6 +310,15 @@ struct BenchArgs {
     /// Timed runs per configuration (the median is reported; one warm-up run is not timed).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Also time full windows in batches of this size.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Also compare the dense encoder's output on --device with the CPU's (float32).
+    #[arg(long)]
+    parity: bool,
+    /// Write the rows (and the parity check) here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -549,22 +593,7 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
     let transcriber = Transcriber::new(&model);
     let entries = eval::read_manifest(&args.manifest)?;
     let segments = read_segments(&args.segments)?;
-    let reductions = match &model.coda {
-        Some(c) => {
-            let mut r = c.config.reductions.clone();
-            r.push(1.0);
-            r
-        }
-        None => Vec::new(),
-    };
-    let opts = coda_asr::stream::StreamOptions {
-        step_s: args.step,
-        budget: args.budget,
-        start_reduction: model.coda.as_ref().map_or(1.0, |c| c.config.default_reduction),
-        fixed_reduction: args.reduction,
-        reductions,
-        ..Default::default()
-    };
+    let opts = args.stream.options(&model, 1.0);
     let rss_start = rss_mb();
     let mut reports = Vec::new();
     let mut batch = Vec::new();
@@ -588,8 +617,10 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
         }
     }
     // Batch WER of the same files with the same encoder, for the streaming-vs-batch gap.
-    let batch_opts =
-        TranscribeOptions { encode: EncodeOptions { reduction: args.reduction.unwrap_or(opts.start_reduction) }, ..Default::default() };
+    let batch_opts = TranscribeOptions {
+        encode: EncodeOptions { reduction: args.stream.reduction.unwrap_or(opts.start_reduction) },
+        ..Default::default()
+    };
     for e in &entries {
         let audio = coda_asr::audio::load_mono_16k(&e.wav)?;
         let tr = transcriber.transcribe(&audio, &batch_opts, &mut |_| {})?;
@@ -646,7 +677,7 @@ fn cmd_devices() -> Result<ExitCode> {
 }
 
 fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
-    use coda_asr::stream::{run_recognizer, source, Control, Event, StreamOptions};
+    use coda_asr::stream::{run_recognizer, source, Control, Event};
     use std::io::Write as _;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -659,7 +690,7 @@ fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
             (None, Some(handle), q)
         }
         None => {
-            let (stream, q) = source::start_capture(args.device.as_deref())?;
+            let (stream, q) = source::start_capture(args.capture.as_deref())?;
             (Some(stream), None, q)
         }
     };
@@ -705,23 +736,7 @@ fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
         })
         .context("cannot install the Ctrl-C handler")?;
     }
-    let reductions = match &model.coda {
-        Some(c) => {
-            let mut r = c.config.reductions.clone();
-            r.push(1.0);
-            r
-        }
-        None => Vec::new(),
-    };
-    let opts = StreamOptions {
-        step_s: args.step,
-        budget: args.budget,
-        start_reduction: model.coda.as_ref().map_or(1.0, |c| c.config.default_reduction),
-        fixed_reduction: args.reduction,
-        reductions,
-        speed: if args.input.is_some() { args.speed } else { 1.0 },
-        ..Default::default()
-    };
+    let opts = args.stream.options(&model, if args.input.is_some() { args.speed } else { 1.0 });
     let (event_tx, event_rx) = crossbeam_channel::unbounded::<Event>();
     let mut save = match &args.save {
         Some(p) => {
@@ -782,33 +797,13 @@ fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
 }
 
 fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
+    use coda_asr::encoder_bench;
     let model = load_model(&args.model)?;
     let mut dense_args = args.model.clone();
     dense_args.dense = true;
     dense_args.baseline = None;
     let dense_model = load_model(&dense_args)?;
     let audio = coda_asr::audio::load_mono_16k(&args.audio)?;
-    let (t, dense_t) = (Transcriber::new(&model), Transcriber::new(&dense_model));
-    let mel = t.log_mel(&audio);
-    let audio_frames = (audio.len() / coda_asr::mel::HOP_LENGTH).min(coda_asr::mel::CHUNK_FRAMES);
-    // Median wall time of `repeats` encodes after one untimed warm-up, and the warm-up's stats.
-    let median = |t: &Transcriber, reduction: f64, silence_cache: bool| -> Result<(f64, coda_asr::model::EncodeStats)> {
-        let opts = TranscribeOptions { encode: EncodeOptions { reduction }, silence_cache, ..Default::default() };
-        let (_, stats) = t.encode_segment(&mel, 0, audio_frames, &opts)?;
-        let mut ms: Vec<f64> =
-            (0..args.repeats.max(1)).map(|_| t.encode_segment(&mel, 0, audio_frames, &opts).map(|(_, s)| s.ms)).collect::<Result<_>>()?;
-        ms.sort_by(f64::total_cmp);
-        Ok((ms[ms.len() / 2], stats))
-    };
-    let (dense_ms, _) = median(&dense_t, 1.0, false)?;
-    println!(
-        "{}: {:.1} s of audio in a 30 s window; median of {} timed encodes after one warm-up",
-        args.audio.display(),
-        audio.len() as f64 / 16_000.0,
-        args.repeats
-    );
-    println!("| encoder | r | padding | ms / window | speed-up vs dense | GFLOP run (dense) | frames encoded | heavy frames per layer |");
-    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |");
     let name = if model.coda.is_some() {
         "CoDA"
     } else if args.model.baseline.is_some() {
@@ -816,20 +811,31 @@ fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
     } else {
         "dense"
     };
-    let rows = std::iter::once(("dense", &dense_t, 1.0)).chain(args.reductions.iter().map(|&r| (name, &t, r)));
-    for (label, transcriber, r) in rows {
-        for silence_cache in [false, true] {
-            let (ms, stats) = median(transcriber, r, silence_cache)?;
-            println!(
-                "| {label} | {r} | {} | {ms:.1} | {:.2}x | {:.1} ({:.1}) | {} | {:?} |",
-                if silence_cache { "cached" } else { "encoded" },
-                dense_ms / ms,
-                stats.flops / 1e9,
-                stats.dense_flops / 1e9,
-                stats.encoded_frames,
-                stats.heavy_frames
-            );
-        }
+    let opts = encoder_bench::BenchOptions { reductions: args.reductions.clone(), repeats: args.repeats, batch: args.batch };
+    let rows = encoder_bench::run(&model, name, &dense_model, &audio, &opts)?;
+    println!(
+        "{}: {:.1} s of audio in a 30 s window; {} {:?}; median of {} timed encodes after one warm-up",
+        args.audio.display(),
+        audio.len() as f64 / 16_000.0,
+        model.name(),
+        model.dtype,
+        args.repeats
+    );
+    print!("{}", encoder_bench::markdown(&rows));
+    let parity = if args.parity {
+        let cpu = WhisperModel::load(&model.dir, &candle_core::Device::Cpu)?;
+        let diff = encoder_bench::parity_max_abs_diff(&dense_model, &cpu, &audio)?;
+        println!("dense encoder output, this device vs CPU float32: max |difference| = {diff:.5}");
+        Some(diff)
+    } else {
+        None
+    };
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "audio": args.audio.display().to_string(), "model": model.name(), "dtype": format!("{:?}", model.dtype),
+            "device": format!("{:?}", model.device), "repeats": args.repeats, "rows": rows, "parity_max_abs_diff": parity,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -173,7 +173,7 @@ fn live_capture_from_a_real_audio_server() {
     let server = PulseServer::start();
     let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
     let live = Command::new(common::binary())
-        .args(["live", "--dense", "--no-tui", "--device", "PulseAudio Sound Server"])
+        .args(["live", "--dense", "--no-tui", "--capture", "PulseAudio Sound Server"])
         .env("PULSE_SERVER", &server.socket)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -194,7 +194,8 @@ fn live_capture_from_a_real_audio_server() {
 
 #[test]
 fn no_input_device_is_a_clear_error() {
-    let out = Command::new(common::binary()).args(["live", "--dense", "--no-tui", "--device", "no-such-device-anywhere"]).output().unwrap();
+    let out =
+        Command::new(common::binary()).args(["live", "--dense", "--no-tui", "--capture", "no-such-device-anywhere"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no input device matches \"no-such-device-anywhere\""), "{stderr}");

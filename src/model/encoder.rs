@@ -243,6 +243,7 @@ impl Encoder {
         let (block, mut stats) = self.forward_with(layers, mel, opts)?;
         let (n_block, n_window) = (frames / 2, window_mel_frames / 2);
         let x = Tensor::cat(&[&block, &padding.narrow(1, n_block, n_window - n_block)?], 1)?;
+        x.device().synchronize()?;
         stats.frames = n_window;
         stats.dense_flops = self.stem_flops(window_mel_frames) + layers.len() as f64 * layer_flops(n_window, self.d, self.ffn);
         stats.ms = start.elapsed().as_secs_f64() * 1e3;
@@ -283,6 +284,8 @@ impl Encoder {
             stats.dense_flops += b * layer_flops(n, self.d, self.ffn);
         }
         let x = self.ln_post.forward(&x)?;
+        // GPU kernels run asynchronously: wait for them so the time is the work's.
+        x.device().synchronize()?;
         stats.ms = start.elapsed().as_secs_f64() * 1e3;
         Ok((x, stats))
     }
