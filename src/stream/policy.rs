@@ -70,6 +70,12 @@ impl LocalAgreement {
         self.in_buffer = still.max(self.in_buffer.min(2)).min(self.committed.len());
     }
 
+    /// The buffer was cut at a segment boundary behind which `still_in_buffer` committed words
+    /// are still heard (exact, unlike [`Self::trimmed`]'s time estimate).
+    pub fn trimmed_keeping(&mut self, still_in_buffer: usize) {
+        self.in_buffer = still_in_buffer.min(self.committed.len());
+    }
+
     /// The buffer was emptied.
     pub fn cleared(&mut self) {
         self.in_buffer = 0;
@@ -104,6 +110,24 @@ impl LocalAgreement {
         let best = (0..=h.len()).min_by_key(|&j| (d[j], j.abs_diff(c.len()))).unwrap_or(0);
         hypothesis.into_iter().skip(best).collect()
     }
+}
+
+/// Where to cut the buffer so that it starts at a segment boundary (Whisper's timestamps sit in
+/// the pauses; word times inside a segment are only estimates): the end of the last segment,
+/// never the hypothesis' last, whose words are all final. `segments` holds each segment's end
+/// time and word count; `committed` how many leading words of the hypothesis are final. Returns
+/// the cut time and the committed words after it.
+pub fn segment_cut(segments: &[(f64, usize)], committed: usize) -> Option<(f64, usize)> {
+    let mut words_before = 0;
+    let mut cut = None;
+    for &(end, words) in segments.iter().take(segments.len().saturating_sub(1)) {
+        words_before += words;
+        if words_before > committed {
+            break;
+        }
+        cut = Some((end, committed - words_before));
+    }
+    cut
 }
 
 /// Split segments into words with times spread over each segment by character count.
@@ -196,6 +220,18 @@ mod tests {
         let fin = p.update(words("it is a matter of course", 0.0));
         assert_eq!(texts(&fin), ["of"]);
         assert_eq!(texts(p.partial()), ["course"]);
+    }
+
+    #[test]
+    fn the_buffer_is_cut_after_the_last_fully_final_segment() {
+        // Three segments of 3, 2 and 4 words; 6 words final: the first two segments are.
+        let segs = [(2.0, 3), (3.5, 2), (6.0, 4)];
+        assert_eq!(segment_cut(&segs, 6), Some((3.5, 1)));
+        assert_eq!(segment_cut(&segs, 4), Some((2.0, 1)));
+        assert_eq!(segment_cut(&segs, 2), None);
+        // Never after the last segment, even when it is all final.
+        assert_eq!(segment_cut(&segs, 9), Some((3.5, 4)));
+        assert_eq!(segment_cut(&[(2.0, 3)], 3), None);
     }
 
     #[test]

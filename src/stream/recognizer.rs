@@ -8,7 +8,7 @@
 //! is trimmed at the end of the committed words so latency and cost stay bounded.
 
 use super::controller::BudgetController;
-use super::policy::{segments_to_words, LocalAgreement, Word};
+use super::policy::{segment_cut, segments_to_words, LocalAgreement, Word};
 use super::vad::Vad;
 use crate::model::EncodeOptions;
 use crate::transcribe::{TranscribeOptions, Transcriber};
@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const RATE: f64 = 16_000.0;
+/// The buffer is cut at the estimated end of the final words only when it has run this much
+/// past `trim_s` without a final segment boundary to cut at.
+const WORD_CUT_AFTER_S: f64 = 6.0;
 
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -119,6 +122,8 @@ struct State<'a> {
     events: Sender<Event>,
     dropped: Arc<AtomicU64>,
     paused: bool,
+    /// From the last hypothesis: where the buffer may be cut (see [`segment_cut`]).
+    cut: Option<(f64, usize)>,
 }
 
 impl State<'_> {
@@ -184,7 +189,11 @@ impl State<'_> {
             self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
             return Ok(());
         }
-        let finals = self.policy.update(segments_to_words(&segs));
+        let words = segments_to_words(&segs);
+        let hypothesis_words = words.len();
+        let finals = self.policy.update(words);
+        let segment_words: Vec<(f64, usize)> = segs.iter().map(|(_, end, text)| (*end, text.split_whitespace().count())).collect();
+        self.cut = segment_cut(&segment_words, hypothesis_words - self.policy.partial().len());
         self.emit_finals(finals);
         self.emit_partial();
         self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
@@ -206,14 +215,32 @@ impl State<'_> {
             return;
         }
         if len_s > self.opts.trim_s {
-            let cut_at = self.policy.committed_end() - self.buffer_start;
-            if cut_at > 1.0 {
-                let n = ((cut_at * RATE) as usize).min(self.buffer.len());
-                self.buffer.drain(..n);
-                self.buffer_start += n as f64 / RATE;
+            // At the end of the last segment that is all final, when there is one.
+            if let Some((cut, still_in_buffer)) = self.cut.take() {
+                if self.cut_buffer_at(cut) {
+                    self.policy.trimmed_keeping(still_in_buffer);
+                    return;
+                }
+            }
+        }
+        if len_s > self.opts.trim_s + WORD_CUT_AFTER_S {
+            // No segment boundary to cut at: cut at the estimated end of the final words.
+            if self.cut_buffer_at(self.policy.committed_end()) {
                 self.policy.trimmed(self.buffer_start);
             }
         }
+    }
+
+    /// Drop the buffer's audio before stream time `at`, if that is over a second of it.
+    fn cut_buffer_at(&mut self, at: f64) -> bool {
+        let cut_at = at - self.buffer_start;
+        if cut_at <= 1.0 {
+            return false;
+        }
+        let n = ((cut_at * RATE) as usize).min(self.buffer.len());
+        self.buffer.drain(..n);
+        self.buffer_start += n as f64 / RATE;
+        true
     }
 
     fn clear_buffer(&mut self) {
@@ -221,6 +248,7 @@ impl State<'_> {
         self.buffer.clear();
         self.speech_in_buffer = false;
         self.policy.cleared();
+        self.cut = None;
     }
 
     /// End of an utterance: one last pass, then everything pending is final.
@@ -315,6 +343,7 @@ pub fn run_recognizer(
         events,
         dropped,
         paused: false,
+        cut: None,
     };
     let result = (|| -> Result<()> {
         loop {
