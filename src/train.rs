@@ -136,12 +136,15 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     };
     ensure!(weights.config.base_model_sha256 == base_sha, "checkpoint was trained on another base model");
     let mut weights = weights;
+    // A resumed run keeps the record of what it started from.
+    let resumed_from = (opts.resume && !weights.config.training.is_null()).then(|| weights.config.training.clone());
     weights.config.training = serde_json::json!({
         "manifest": opts.manifest.display().to_string(),
         "seed": opts.seed, "lr": opts.lr, "kl_weight": opts.kl_weight, "mse_weight": opts.mse_weight,
         "pad_weight": opts.pad_weight, "max_minutes": opts.max_minutes,
         "max_steps": (opts.max_steps != usize::MAX).then_some(opts.max_steps),
         "clip_seconds": [opts.min_seconds, opts.max_seconds],
+        "resumed_from": resumed_from,
     });
     let student_layers = {
         let mut all: Vec<Arc<dyn EncoderBlock>> = model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();

@@ -54,7 +54,7 @@ impl Default for StreamOptions {
             reductions: Vec::new(),
             start_reduction: 1.0,
             fixed_reduction: None,
-            vad_hangover_s: 0.6,
+            vad_hangover_s: 1.0,
             preroll_s: 0.4,
             speed: 1.0,
         }
