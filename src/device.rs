@@ -5,7 +5,6 @@
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
-use std::fmt;
 use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,16 +27,6 @@ impl FromStr for DeviceChoice {
                 Some(Ok(n)) => Ok(Self::Cuda(n)),
                 _ => Err(format!("unknown device {s:?}: expected auto, cpu, cuda or cuda:N")),
             },
-        }
-    }
-}
-
-impl fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Auto => write!(f, "auto"),
-            Self::Cpu => write!(f, "cpu"),
-            Self::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
 }
