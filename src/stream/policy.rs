@@ -106,8 +106,11 @@ impl LocalAgreement {
             }
             d = next;
         }
-        // Best prefix length; ties go to the length nearest the committed count.
-        let best = (0..=h.len()).min_by_key(|&j| (d[j], j.abs_diff(c.len()))).unwrap_or(0);
+        // Best prefix length; ties go to the shortest. When the hypothesis does not start with
+        // the committed words at all (the cut fell after them), every length up to their count
+        // costs the same, and dropping that many would delete new words: a repeated word costs
+        // as much as a lost one, and the text alone cannot tell which it is.
+        let best = (0..=h.len()).min_by_key(|&j| (d[j], j)).unwrap_or(0);
         hypothesis.into_iter().skip(best).collect()
     }
 }
@@ -220,6 +223,19 @@ mod tests {
         let fin = p.update(words("it is a matter of course", 0.0));
         assert_eq!(texts(&fin), ["of"]);
         assert_eq!(texts(p.partial()), ["course"]);
+    }
+
+    #[test]
+    fn new_words_are_kept_when_the_hypothesis_does_not_repeat_the_committed_ones() {
+        let mut p = LocalAgreement::default();
+        p.update(words("consist principally of", 0.0));
+        p.update(words("consist principally of types", 0.0));
+        // The cut fell after "of", but the time estimate says two words are still heard; the
+        // next hypothesis starts with new words, which must not be taken for those two.
+        p.trimmed(1.4);
+        assert_eq!(texts(&p.update(words("types composed to form", 1.5))), ["types"]);
+        p.flush();
+        assert_eq!(texts(p.committed()), ["consist", "principally", "of", "types", "composed", "to", "form"]);
     }
 
     #[test]
