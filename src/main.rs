@@ -240,6 +240,10 @@ struct StreamArgs {
     /// Seconds of silence that end an utterance and make its words final.
     #[arg(long, default_value_t = StreamOptions::default().vad_hangover_s)]
     hangover: f64,
+    /// Longest last segment of an utterance that is heard again in front of the next one, so
+    /// its first words are decoded in context (0: off).
+    #[arg(long, default_value_t = StreamOptions::default().context_s)]
+    context: f64,
     /// Compute / audio ratio to stay under; r is raised when above.
     #[arg(long, default_value_t = StreamOptions::default().budget)]
     budget: f64,
@@ -267,6 +271,7 @@ impl StreamArgs {
             step_s: self.step,
             first_step_s: self.first_step,
             vad_hangover_s: self.hangover,
+            context_s: self.context,
             budget: self.budget,
             start_reduction: model.coda.as_ref().map_or(1.0, |c| c.config.default_reduction),
             fixed_reduction: self.reduction,
@@ -593,7 +598,7 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
 }
 
 fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
-    use coda_asr::stream::bench::{percentile, read_segments, replay_file, rss_mb, score_replay};
+    use coda_asr::stream::bench::{percentile, read_segments, replay_file, rss_mb, score_replay, speech_onset_s};
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
     let entries = eval::read_manifest(&args.manifest)?;
@@ -605,15 +610,17 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
     for lap in 0..args.loops {
         for e in &entries {
             let utterances = segments.get(&e.id).with_context(|| format!("{}: no segments for {}", args.segments.display(), e.id))?;
+            let onset = speech_onset_s(&coda_asr::audio::load_mono_16k(&e.wav)?);
             let events = replay_file(&transcriber, &e.wav, args.speed, opts.clone())?;
-            let r = score_replay(&e.id, &events, utterances, rss_start);
+            let r = score_replay(&e.id, &events, utterances, onset, rss_start);
             eprintln!(
-                "lap {lap} {}: streaming WER {:.2}%, latency median {:.2} s p90 {:.2} s, first partial {:?} s, compute/audio {:.2}, r {:.1}, RSS {:.0} MB",
+                "lap {lap} {}: streaming WER {:.2}%, latency median {:.2} s p90 {:.2} s, first partial {:.2} s after speech at {:.2} s, compute/audio {:.2}, r {:.1}, RSS {:.0} MB",
                 e.id,
                 r.streaming_wer,
                 percentile(&r.latencies_s, 0.5),
                 percentile(&r.latencies_s, 0.9),
-                r.first_partial_after_speech_s,
+                r.first_partial_after_speech_s.unwrap_or(f64::NAN),
+                onset,
                 r.compute_over_audio,
                 r.mean_reduction,
                 r.rss_end_mb

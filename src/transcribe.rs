@@ -56,6 +56,11 @@ pub struct TranscribeOptions {
     /// Encode only the audio part of a window (plus a margin) and take the padding frames from
     /// the encoder's silence cache (see [`crate::model::silence`]).
     pub silence_cache: bool,
+    /// Tokens the first window's greedy decode is expected to start with (a streaming step's
+    /// previous hypothesis of the same audio). They are checked in one batched decoder pass
+    /// and kept as far as greedy decoding picks them, so the output is the same as without a
+    /// draft; only the part that changed is decoded token by token.
+    pub draft: Vec<u32>,
 }
 
 impl Default for TranscribeOptions {
@@ -75,6 +80,7 @@ impl Default for TranscribeOptions {
             seed: 0,
             audio_ctx: false,
             silence_cache: true,
+            draft: Vec::new(),
         }
     }
 }
@@ -120,6 +126,10 @@ pub struct Transcript {
     pub duration: f64,
     pub timings: Timings,
     pub encoder: EncodeStats,
+    /// The first window's decoded tokens, timestamps included (the next streaming step's
+    /// [`TranscribeOptions::draft`]).
+    #[serde(skip)]
+    pub first_window_tokens: Vec<u32>,
 }
 
 /// How tokens after the prompt are run: the allocation-free CPU path, or candle tensors
@@ -128,6 +138,14 @@ pub struct Transcript {
 enum Stepper {
     Fast(StepState),
     Tensors(DecoderState),
+}
+
+/// A draft run through the decoder after the prompt: `logits` row i is the prediction after
+/// the first i draft tokens; `state` holds the prompt and the whole draft.
+struct CheckedDraft<'a> {
+    tokens: &'a [u32],
+    logits: Tensor,
+    state: DecoderState,
 }
 
 /// One decode of one window at one temperature.
@@ -251,6 +269,7 @@ impl<'m> Transcriber<'m> {
         let mut prompt_reset_since = 0;
         let mut segments: Vec<Segment> = Vec::new();
         let mut seek = 0usize;
+        let mut first_window_tokens = Vec::new();
         while seek < content_frames {
             let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let segment_size = CHUNK_FRAMES.min(content_frames - seek);
@@ -269,7 +288,8 @@ impl<'m> Transcriber<'m> {
                 }
             };
             let prompt = &all_tokens[prompt_reset_since..];
-            let mut result = self.decode_with_fallback(&features, prompt, &lang, opts, &mut rng, &mut timings.tokens)?;
+            let draft: &[u32] = if seek == 0 { &opts.draft } else { &[] };
+            let mut result = self.decode_with_fallback(&features, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens)?;
             timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
 
             let is_silent = |r: &DecodeResult| {
@@ -291,7 +311,7 @@ impl<'m> Transcriber<'m> {
                 timings.encoder_ms += stats.ms;
                 accumulate(&mut encoder_total, &stats);
                 let t_dec = Instant::now();
-                result = self.decode_with_fallback(&features, prompt, &lang, opts, &mut rng, &mut timings.tokens)?;
+                result = self.decode_with_fallback(&features, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens)?;
                 timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
             }
             if is_silent(&result) {
@@ -300,6 +320,9 @@ impl<'m> Transcriber<'m> {
                 continue;
             }
 
+            if seek == 0 {
+                first_window_tokens = result.tokens.clone();
+            }
             let previous_seek = seek;
             let tokens = &result.tokens;
             let is_ts: Vec<bool> = tokens.iter().map(|&t| tok.is_timestamp(t)).collect();
@@ -366,7 +389,15 @@ impl<'m> Transcriber<'m> {
         }
         let text = segments.iter().map(|s| s.text.as_str()).collect::<String>().trim().to_string();
         encoder_total.ms = timings.encoder_ms;
-        Ok(Transcript { text, segments, language: language.unwrap_or_else(|| "en".into()), duration, timings, encoder: encoder_total })
+        Ok(Transcript {
+            text,
+            segments,
+            language: language.unwrap_or_else(|| "en".into()),
+            duration,
+            timings,
+            encoder: encoder_total,
+            first_window_tokens,
+        })
     }
 
     /// Greedy text tokens for encoded audio, without timestamps or fallback (the distillation
@@ -375,7 +406,7 @@ impl<'m> Transcriber<'m> {
         let opts = TranscribeOptions { without_timestamps: true, temperatures: vec![0.0], ..Default::default() };
         let mut rng = Rng::new(0);
         let mut count = 0;
-        let result = self.decode_with_fallback(features, &[], "en", &opts, &mut rng, &mut count)?;
+        let result = self.decode_with_fallback(features, &[], &[], "en", &opts, &mut rng, &mut count)?;
         Ok((self.sot_sequence("en", &opts)?, result.tokens))
     }
 
@@ -416,10 +447,12 @@ impl<'m> Transcriber<'m> {
         Ok(best)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn decode_with_fallback(
         &self,
         features: &Tensor,
         prompt: &[u32],
+        draft: &[u32],
         language: &str,
         opts: &TranscribeOptions,
         rng: &mut Rng,
@@ -436,27 +469,44 @@ impl<'m> Transcriber<'m> {
         let sot_index = initial.len();
         initial.extend(self.sot_sequence(language, opts)?);
 
-        // The prompt pass is the same for every temperature: run it once, reuse its cache.
+        // Greedy decoding can check a draft; it has to leave room for the token after it.
+        let draft_room = (dec.max_positions / 2).min(dec.max_positions - initial.len()).saturating_sub(1);
+        let draft = if opts.temperatures.first() == Some(&0.0) { &draft[..draft.len().min(draft_room)] } else { &[] };
+
+        // The prompt pass is the same for every temperature: run it once, reuse its cache. A
+        // draft rides along in the same pass.
         let mut state = dec.start(features)?;
-        let input = Tensor::new(initial.as_slice(), &self.model.device)?.unsqueeze(0)?;
+        let input: Vec<u32> = initial.iter().chain(draft).copied().collect();
+        let input = Tensor::new(input.as_slice(), &self.model.device)?.unsqueeze(0)?;
         let hidden = dec.forward(&input, &mut state)?;
-        let rows = Tensor::cat(&[hidden.i((0, sot_index..sot_index + 1))?, hidden.i((0, initial.len() - 1..initial.len()))?], 0)?;
+        let rows = Tensor::cat(&[hidden.i((0, sot_index..sot_index + 1))?, hidden.i((0, initial.len() - 1..input.dim(1)?))?], 0)?;
         let logits = dec.logits(&rows)?.to_dtype(DType::F32)?;
         let sot_logits: Vec<f32> = logits.i(0)?.to_vec1()?;
         let first_logits: Vec<f32> = logits.i(1)?.to_vec1()?;
+        let checked_draft = if draft.is_empty() {
+            None
+        } else {
+            let full = state.clone();
+            state.truncate(initial.len())?;
+            Some(CheckedDraft { tokens: draft, logits: logits.narrow(0, 1, draft.len() + 1)?, state: full })
+        };
         let no_speech_prob = match tok.no_speech {
             Some(ns) => ((sot_logits[ns as usize] - logsumexp(&sot_logits)) as f64).exp(),
             None => 0.0,
         };
 
-        let stepper = match &self.model.step {
-            Some(step) => Stepper::Fast(StepState::from_exported(step, state.export()?)?),
-            None => Stepper::Tensors(state),
-        };
+        let mut stepper: Option<Stepper> = None;
         let mut tried: Vec<DecodeResult> = Vec::new();
-        for &temperature in &opts.temperatures {
+        for (attempt, &temperature) in opts.temperatures.iter().enumerate() {
+            let draft = checked_draft.as_ref().filter(|_| attempt == 0);
+            // With a draft, sampling makes its own stepper where it leaves the draft.
+            let start = match (draft, &stepper) {
+                (Some(_), _) => Stepper::Tensors(state.clone()),
+                (None, Some(s)) => s.clone(),
+                (None, None) => stepper.insert(self.stepper(state.clone())?).clone(),
+            };
             let result =
-                self.sample(stepper.clone(), first_logits.clone(), initial.len(), temperature, opts, rng, token_count, features.dim(1)?)?;
+                self.sample(start, draft, first_logits.clone(), initial.len(), temperature, opts, rng, token_count, features.dim(1)?)?;
             let mut result = DecodeResult { no_speech_prob, ..result };
             result.compression_ratio = compression_ratio(&result.text);
             let too_repetitive = opts.compression_ratio_threshold.is_some_and(|cr| result.compression_ratio > cr as f64);
@@ -482,11 +532,22 @@ impl<'m> Transcriber<'m> {
         Ok(best.expect("at least one temperature"))
     }
 
-    /// Sample tokens after the prompt until end-of-text or the length limit.
+    fn stepper(&self, state: DecoderState) -> Result<Stepper> {
+        Ok(match &self.model.step {
+            Some(step) => Stepper::Fast(StepState::from_exported(step, state.export()?)?),
+            None => Stepper::Tensors(state),
+        })
+    }
+
+    /// Sample tokens after the prompt until end-of-text or the length limit. While the tokens
+    /// picked are the draft's, the next logits come from the draft's pass; from the first
+    /// difference on, decoding goes on one token at a time from the draft's cache cut back to
+    /// the agreed prefix.
     #[allow(clippy::too_many_arguments)]
     fn sample(
         &self,
         mut state: Stepper,
+        draft: Option<&CheckedDraft>,
         mut logits: Vec<f32>,
         sample_begin: usize,
         temperature: f32,
@@ -508,6 +569,7 @@ impl<'m> Transcriber<'m> {
         let mut generated: Vec<u32> = Vec::new();
         let mut sum_logprob = 0f64;
         let max_initial = (opts.max_initial_timestamp as f64 / TIME_PRECISION).round() as usize;
+        let mut on_draft = draft.is_some();
         loop {
             self.apply_filters(&mut logits, &generated, opts, max_initial);
             let next = if temperature <= 0.0 { argmax(&logits) } else { sample_from(&logits, temperature, rng) };
@@ -520,6 +582,17 @@ impl<'m> Transcriber<'m> {
             generated.push(next);
             if generated.len() >= sample_len || sample_begin + generated.len() >= dec.max_positions {
                 break;
+            }
+            if let Some(d) = draft.filter(|_| on_draft) {
+                let n = generated.len();
+                if n <= d.tokens.len() && generated[n - 1] == d.tokens[n - 1] {
+                    logits = d.logits.i(n)?.to_vec1()?;
+                    continue;
+                }
+                on_draft = false;
+                let mut agreed = d.state.clone();
+                agreed.truncate(sample_begin + n - 1)?;
+                state = self.stepper(agreed)?;
             }
             match &mut state {
                 Stepper::Fast(s) => self.model.step.as_ref().expect("fast state implies a step decoder").step(next, s, &mut logits)?,

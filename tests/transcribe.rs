@@ -83,3 +83,24 @@ fn compression_ratio_flags_repetition() {
     assert!(compression_ratio(&"the same words again ".repeat(20)) > 2.4);
     assert!(compression_ratio("He hoped there would be stew for dinner, turnips and carrots.") < 2.4);
 }
+
+#[test]
+fn a_draft_changes_the_work_not_the_transcript() {
+    // A streaming step's draft is the previous hypothesis of a shorter buffer: it agrees for a
+    // while, then differs (its closing timestamp, then new words). Greedy decoding with it must
+    // give exactly what greedy decoding without it gives; so must a draft that is all wrong.
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let t = Transcriber::new(common::tiny_en());
+    let greedy = TranscribeOptions { temperatures: vec![0.0], ..Default::default() };
+    let plain = t.transcribe(&audio, &greedy, &mut |_| {}).unwrap();
+    let shorter = t.transcribe(&audio[..audio.len() * 6 / 10], &greedy, &mut |_| {}).unwrap();
+    assert!(shorter.first_window_tokens.len() > 5);
+    let mut wrong = plain.first_window_tokens.clone();
+    wrong.reverse();
+    for draft in [shorter.first_window_tokens.clone(), plain.first_window_tokens.clone(), wrong] {
+        let with_draft = t.transcribe(&audio, &TranscribeOptions { draft, ..greedy.clone() }, &mut |_| {}).unwrap();
+        assert_eq!(with_draft.text, plain.text);
+        assert_eq!(with_draft.first_window_tokens, plain.first_window_tokens);
+    }
+}

@@ -141,6 +141,17 @@ pub struct ExportedState {
 }
 
 impl DecoderState {
+    /// Forget every position from `len` on (a draft's rejected tail).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        ensure!(len <= self.position, "cannot truncate a decoder state of {} positions to {len}", self.position);
+        for kv in self.cache.iter_mut().flatten() {
+            kv.k = kv.k.narrow(2, 0, len)?;
+            kv.v = kv.v.narrow(2, 0, len)?;
+        }
+        self.position = len;
+        Ok(())
+    }
+
     pub fn export(&self) -> Result<ExportedState> {
         let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         let frames = self.cross.first().map(|kv| kv.k.dim(2)).transpose()?.unwrap_or(0);

@@ -42,6 +42,8 @@ pub struct ReplayReport {
     pub audio_s: f64,
     /// Per utterance: first final covering its end, minus its end (seconds).
     pub latencies_s: Vec<f64>,
+    /// Where speech starts in the file ([`speech_onset_s`]).
+    pub speech_onset_s: f64,
     pub first_partial_after_speech_s: Option<f64>,
     pub streaming_wer: f64,
     pub finals: String,
@@ -70,8 +72,23 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     v[idx]
 }
 
-/// Score one replay against its reference utterances.
-pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], rss_start_mb: f64) -> ReplayReport {
+/// When speech starts in a recording, seconds: the first 10 ms frame within 35 dB of the
+/// loudest one. A reference utterance's start time is where its clip began, which for
+/// LibriSpeech is up to half a second of room tone before the first word; the time to the
+/// first partial is measured from the speech itself. (Independent of the live voice gate,
+/// which decides from the past only.)
+pub fn speech_onset_s(audio: &[f32]) -> f64 {
+    const FRAME: usize = 160;
+    let levels: Vec<f64> = audio
+        .chunks(FRAME)
+        .map(|f| 10.0 * (f.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / f.len() as f64 + 1e-12).log10())
+        .collect();
+    let loudest = levels.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    levels.iter().position(|&l| l >= loudest - 35.0).map_or(0.0, |i| (i * FRAME) as f64 / 16_000.0)
+}
+
+/// Score one replay against its reference utterances; `speech_onset` from [`speech_onset_s`].
+pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], speech_onset: f64, rss_start_mb: f64) -> ReplayReport {
     let finals: Vec<(f64, f64, &str)> = events
         .iter()
         .filter_map(|e| match e {
@@ -83,9 +100,8 @@ pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], rss_
         .iter()
         .filter_map(|u| finals.iter().find(|(end, _, _)| *end >= u.end_s - 0.5).map(|(_, at, _)| (at - u.end_s).max(0.0)))
         .collect();
-    let speech_start = utterances.first().map_or(0.0, |u| u.start_s);
     let first_partial = events.iter().find_map(|e| match e {
-        Event::Partial { text, emitted_at, .. } if !text.is_empty() => Some((emitted_at - speech_start).max(0.0)),
+        Event::Partial { text, emitted_at, .. } if !text.is_empty() => Some((emitted_at - speech_onset).max(0.0)),
         _ => None,
     });
     let text: String = finals.iter().map(|f| f.2).collect::<Vec<_>>().join(" ");
@@ -97,6 +113,7 @@ pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], rss_
         file: file.to_string(),
         audio_s: last.map_or(0.0, |s| s.audio_s),
         latencies_s,
+        speech_onset_s: speech_onset,
         first_partial_after_speech_s: first_partial,
         streaming_wer: crate::eval::score(&reference, &text).wer(),
         finals: text,
@@ -115,4 +132,17 @@ pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], rss_
 pub fn read_segments(path: &Path) -> Result<std::collections::HashMap<String, Vec<Utterance>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a segments file", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speech_onset_is_where_the_audio_gets_loud_not_where_the_clip_starts() {
+        // Half a second of room tone (−80 dBFS), then a vowel-like tone at −20 dBFS.
+        let mut audio: Vec<f32> = (0..8000).map(|i| 1e-4 * ((i * 7919 % 200) as f32 / 100.0 - 1.0)).collect();
+        audio.extend((0..16_000).map(|i| 0.1 * (i as f32 * 2.0 * std::f32::consts::PI * 220.0 / 16_000.0).sin()));
+        assert!((speech_onset_s(&audio) - 0.5).abs() < 0.011);
+    }
 }

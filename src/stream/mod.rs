@@ -3,6 +3,7 @@
 //! factor picked per step to stay inside a real-time budget.
 
 pub mod bench;
+pub mod buffer;
 pub mod controller;
 pub mod policy;
 pub mod recognizer;

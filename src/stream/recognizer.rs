@@ -7,6 +7,7 @@
 //! everything pending becomes final and the buffer is cleared; while it runs long, the buffer
 //! is trimmed at the end of the committed words so latency and cost stay bounded.
 
+use super::buffer::AudioBuffer;
 use super::controller::BudgetController;
 use super::policy::{segment_cut, segments_to_words, LocalAgreement, Word};
 use super::vad::Vad;
@@ -23,6 +24,8 @@ const RATE: f64 = 16_000.0;
 /// The buffer is cut at the estimated end of the final words only when it has run this much
 /// past `trim_s` without a final segment boundary to cut at.
 const WORD_CUT_AFTER_S: f64 = 6.0;
+/// How far before the estimated end of the final words that fallback cut is made.
+const WORD_CUT_MARGIN_S: f64 = 1.0;
 
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -39,6 +42,9 @@ pub struct StreamOptions {
     pub vad_hangover_s: f64,
     /// Audio kept before speech onset so the first word is not cut.
     pub preroll_s: f64,
+    /// The last segment of an utterance, up to this long, is heard again in front of the next
+    /// one (0: each utterance starts from silence, with only the committed text as prompt).
+    pub context_s: f64,
     /// Playback speed of a replayed file (1 for a microphone): converts wall time to audio time.
     pub speed: f64,
 }
@@ -56,6 +62,7 @@ impl Default for StreamOptions {
             fixed_reduction: None,
             vad_hangover_s: 1.0,
             preroll_s: 0.4,
+            context_s: 8.0,
             speed: 1.0,
         }
     }
@@ -111,12 +118,19 @@ struct State<'a> {
     policy: LocalAgreement,
     vad: Vad,
     controller: BudgetController,
-    buffer: Vec<f32>,
-    /// Stream time of buffer[0].
-    buffer_start: f64,
+    buffer: AudioBuffer,
     received: usize,
     since_step: usize,
     speech_in_buffer: bool,
+    /// Whether the current utterance has produced words yet (until then steps are short).
+    heard_words: bool,
+    /// The last segment of the previous utterance: its audio, stream start and final words.
+    context: Option<(Vec<f32>, f64, usize)>,
+    /// The last hypothesis' last segment: stream start, end and word count.
+    last_segment: Option<(f64, f64, usize)>,
+    /// The last hypothesis' tokens and the buffer start they were decoded at: the next step's
+    /// draft while the buffer only grows (its timestamps are relative to the buffer start).
+    draft: Option<(Vec<u32>, f64)>,
     started: Instant,
     stats: StreamStats,
     events: Sender<Event>,
@@ -172,26 +186,46 @@ impl State<'_> {
             encode: EncodeOptions { reduction: r },
             // Keep a step's cost predictable: one greedy pass, no sampling retries.
             temperatures: vec![0.0],
+            draft: match &self.draft {
+                Some((tokens, start)) if *start == self.buffer.start() => tokens.clone(),
+                _ => Vec::new(),
+            },
             ..Default::default()
         };
         let t0 = Instant::now();
-        let tr = self.t.transcribe(&self.buffer, &topts, &mut |_| {})?;
+        let tr = self.t.transcribe(self.buffer.samples(), &topts, &mut |_| {})?;
         let compute = t0.elapsed().as_secs_f64();
         let segs: Vec<(f64, f64, String)> =
-            tr.segments.iter().map(|s| (s.start + self.buffer_start, s.end + self.buffer_start, s.text.clone())).collect();
+            tr.segments.iter().map(|s| (self.buffer.to_stream(s.start), self.buffer.to_stream(s.end), s.text.clone())).collect();
         if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
-            eprintln!("[{:.2}+{:.2}s r={r}] {:?}", self.buffer_start, self.buffer.len() as f64 / RATE, tr.text);
+            let tm = &tr.timings;
+            eprintln!(
+                "[{:.2}+{:.2}s r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}: {:?}",
+                self.buffer.start(),
+                self.buffer.len_s(),
+                tm.mel_ms,
+                tm.encoder_ms,
+                tm.decoder_ms,
+                tm.tokens,
+                topts.draft.len(),
+                tr.text
+            );
         }
         self.stats.step_compute_ms = compute * 1e3;
         self.stats.compute_total_s += compute;
         // A repetition loop (greedy decoding's failure mode) is not a hypothesis: keep the last.
         if tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
+            self.last_segment = None;
+            self.draft = None;
             self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
             return Ok(());
         }
         let words = segments_to_words(&segs);
         let hypothesis_words = words.len();
         let finals = self.policy.update(words);
+        self.draft = Some((tr.first_window_tokens.clone(), self.buffer.start()));
+        self.heard_words |= !finals.is_empty() || !self.policy.partial().is_empty();
+        self.last_segment = segs.last().map(|(start, end, text)| (*start, *end, text.split_whitespace().count()));
         let segment_words: Vec<(f64, usize)> = segs.iter().map(|(_, end, text)| (*end, text.split_whitespace().count())).collect();
         self.cut = segment_cut(&segment_words, hypothesis_words - self.policy.partial().len());
         self.emit_finals(finals);
@@ -206,7 +240,7 @@ impl State<'_> {
 
     /// Drop audio that only holds committed words once the buffer runs long.
     fn trim(&mut self) {
-        let len_s = self.buffer.len() as f64 / RATE;
+        let len_s = self.buffer.len_s();
         if len_s > self.opts.max_buffer_s {
             // Nothing agreed for too long: make it final rather than grow past one window.
             let rest = self.policy.flush();
@@ -224,31 +258,54 @@ impl State<'_> {
             }
         }
         if len_s > self.opts.trim_s + WORD_CUT_AFTER_S {
-            // No segment boundary to cut at: cut at the estimated end of the final words.
-            if self.cut_buffer_at(self.policy.committed_end()) {
-                self.policy.trimmed(self.buffer_start);
+            // No segment boundary to cut at: cut a little before the estimated end of the final
+            // words. Word times inside a long segment are estimates; cutting early only makes the
+            // next hypothesis repeat a few final words (matched and dropped by the policy), while
+            // cutting late would lose words nobody has seen final.
+            if self.cut_buffer_at(self.policy.committed_end() - WORD_CUT_MARGIN_S) {
+                self.policy.trimmed(self.buffer.start());
             }
         }
     }
 
     /// Drop the buffer's audio before stream time `at`, if that is over a second of it.
     fn cut_buffer_at(&mut self, at: f64) -> bool {
-        let cut_at = at - self.buffer_start;
-        if cut_at <= 1.0 {
+        if at - self.buffer.start() <= 1.0 {
             return false;
         }
-        let n = ((cut_at * RATE) as usize).min(self.buffer.len());
-        self.buffer.drain(..n);
-        self.buffer_start += n as f64 / RATE;
-        true
+        self.buffer.drain_before(at) > 0.0
     }
 
     fn clear_buffer(&mut self) {
-        self.buffer_start += self.buffer.len() as f64 / RATE;
         self.buffer.clear();
         self.speech_in_buffer = false;
         self.policy.cleared();
         self.cut = None;
+        self.last_segment = None;
+    }
+
+    /// Keep the utterance's last segment (all final by now) to be heard before the next one.
+    fn keep_context(&mut self) {
+        self.context = None;
+        let Some((start, end, words)) = self.last_segment else { return };
+        if words == 0 || end - start > self.opts.context_s {
+            return;
+        }
+        // A little past the segment's end: Whisper's end times can fall inside the last word.
+        let (audio, at) = self.buffer.slice(start, end + 0.3);
+        if !audio.is_empty() {
+            self.context = Some((audio, at, words));
+        }
+    }
+
+    /// Speech starts: the buffer holds the pre-roll; the previous utterance's last segment goes
+    /// in front of it, and its words are known to be final already.
+    fn start_utterance(&mut self) {
+        self.heard_words = false;
+        if let Some((audio, at, words)) = self.context.take() {
+            self.buffer.prepend(&audio, at);
+            self.policy.trimmed_keeping(words);
+        }
     }
 
     /// End of an utterance: one last pass, then everything pending is final.
@@ -258,6 +315,7 @@ impl State<'_> {
             let rest = self.policy.flush();
             self.emit_finals(rest);
             self.emit_partial();
+            self.keep_context();
         }
         self.clear_buffer();
         Ok(())
@@ -270,30 +328,22 @@ impl State<'_> {
         }
         let was_speaking = self.vad.is_speech();
         let speech = self.vad.push(chunk);
-        self.buffer.extend_from_slice(chunk);
+        self.buffer.extend(chunk);
         self.since_step += chunk.len();
-        if speech {
+        if speech && !self.speech_in_buffer {
             self.speech_in_buffer = true;
+            self.start_utterance();
         }
         if !self.speech_in_buffer {
             // Idle: keep only a short pre-roll.
-            let keep = (self.opts.preroll_s * RATE) as usize;
-            if self.buffer.len() > keep {
-                let n = self.buffer.len() - keep;
-                self.buffer.drain(..n);
-                self.buffer_start += n as f64 / RATE;
-            }
+            self.buffer.keep_last((self.opts.preroll_s * RATE) as usize);
             self.since_step = 0;
             return Ok(());
         }
         if was_speaking && !self.vad.is_speech() {
             return self.finish_utterance();
         }
-        let due = if self.policy.partial().is_empty() && self.policy.committed_end() < self.buffer_start + 0.01 {
-            self.opts.first_step_s
-        } else {
-            self.opts.step_s
-        };
+        let due = if self.heard_words { self.opts.step_s } else { self.opts.first_step_s };
         if self.since_step as f64 / RATE >= due {
             self.process()?;
         }
@@ -302,7 +352,7 @@ impl State<'_> {
 
     fn publish_stats(&mut self) {
         self.stats.audio_s = self.received as f64 / RATE;
-        self.stats.buffer_s = self.buffer.len() as f64 / RATE;
+        self.stats.buffer_s = self.buffer.len_s();
         self.stats.load = self.controller.load;
         self.stats.budget = self.controller.budget;
         self.stats.reduction = self.controller.reduction();
@@ -333,11 +383,14 @@ pub fn run_recognizer(
         controller,
         opts,
         policy: LocalAgreement::default(),
-        buffer: Vec::new(),
-        buffer_start: 0.0,
+        buffer: AudioBuffer::default(),
         received: 0,
         since_step: 0,
         speech_in_buffer: false,
+        heard_words: false,
+        context: None,
+        last_segment: None,
+        draft: None,
         started: Instant::now(),
         stats: StreamStats::default(),
         events,
