@@ -3,13 +3,16 @@
 //! unlikely output, no-speech skipping and conditioning on the previous text.
 
 use crate::mel::{LogMel, MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
+use crate::model::decoder::CrossKeyValues;
 use crate::model::step::StepState;
-use crate::model::{DecoderState, EncodeOptions, EncodeStats, WhisperModel};
+use crate::model::{silence, DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Seconds per timestamp token step (<|0.00|>, <|0.02|>, ...).
@@ -185,6 +188,21 @@ pub struct Transcriber<'m> {
     suppress: Vec<u32>,
     /// Suppressed at the first sampled position (blank and end-of-text).
     suppress_begin: Vec<u32>,
+    /// Decoder cross K/V of the silence table's padding windows, by grid point (see
+    /// [`crate::model::Decoder::cross_padded`]); at most [`PADDING_CROSS_POINTS`] are kept.
+    padding_cross: Mutex<HashMap<i32, CrossKeyValues>>,
+}
+
+/// A stream needs two neighbouring grid points, a batch of clips of different loudness a few
+/// more; each holds a whole window's K/V (18 MB for tiny).
+const PADDING_CROSS_POINTS: usize = 4;
+
+/// Where a window's padding starts (encoder frames) and its level, when the padding came from
+/// the silence table.
+#[derive(Debug, Clone, Copy)]
+struct Padding {
+    audio_frames: usize,
+    level: f32,
 }
 
 impl<'m> Transcriber<'m> {
@@ -203,7 +221,13 @@ impl<'m> Transcriber<'m> {
             suppress_begin = tok.encode(" ").unwrap_or_default();
             suppress_begin.push(tok.eot);
         }
-        Self { model, mel: MelFrontend::new(model.config.num_mel_bins), suppress, suppress_begin }
+        Self {
+            model,
+            mel: MelFrontend::new(model.config.num_mel_bins),
+            suppress,
+            suppress_begin,
+            padding_cross: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn log_mel(&self, audio: &[f32]) -> LogMel {
@@ -289,7 +313,9 @@ impl<'m> Transcriber<'m> {
             };
             let prompt = &all_tokens[prompt_reset_since..];
             let draft: &[u32] = if seek == 0 { &opts.draft } else { &[] };
-            let mut result = self.decode_with_fallback(&features, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens)?;
+            let padding =
+                (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
+            let mut result = self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens)?;
             timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
 
             let is_silent = |r: &DecodeResult| {
@@ -311,7 +337,7 @@ impl<'m> Transcriber<'m> {
                 timings.encoder_ms += stats.ms;
                 accumulate(&mut encoder_total, &stats);
                 let t_dec = Instant::now();
-                result = self.decode_with_fallback(&features, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens)?;
+                result = self.decode_with_fallback(&features, None, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens)?;
                 timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
             }
             if is_silent(&result) {
@@ -406,7 +432,7 @@ impl<'m> Transcriber<'m> {
         let opts = TranscribeOptions { without_timestamps: true, temperatures: vec![0.0], ..Default::default() };
         let mut rng = Rng::new(0);
         let mut count = 0;
-        let result = self.decode_with_fallback(features, &[], &[], "en", &opts, &mut rng, &mut count)?;
+        let result = self.decode_with_fallback(features, None, &[], &[], "en", &opts, &mut rng, &mut count)?;
         Ok((self.sot_sequence("en", &opts)?, result.tokens))
     }
 
@@ -451,6 +477,7 @@ impl<'m> Transcriber<'m> {
     fn decode_with_fallback(
         &self,
         features: &Tensor,
+        padding: Option<Padding>,
         prompt: &[u32],
         draft: &[u32],
         language: &str,
@@ -475,7 +502,7 @@ impl<'m> Transcriber<'m> {
 
         // The prompt pass is the same for every temperature: run it once, reuse its cache. A
         // draft rides along in the same pass.
-        let mut state = dec.start(features)?;
+        let mut state = self.decoder_state(features, padding)?;
         let input: Vec<u32> = initial.iter().chain(draft).copied().collect();
         let input = Tensor::new(input.as_slice(), &self.model.device)?.unsqueeze(0)?;
         let hidden = dec.forward(&input, &mut state)?;
@@ -530,6 +557,34 @@ impl<'m> Transcriber<'m> {
         };
         let best = pool.into_iter().max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob)).cloned();
         Ok(best.expect("at least one temperature"))
+    }
+
+    /// A decoder state for an encoded window; padding from the silence table has its cross
+    /// K/V blended from cached ones instead of projected again.
+    fn decoder_state(&self, features: &Tensor, padding: Option<Padding>) -> Result<DecoderState> {
+        let dec = &self.model.decoder;
+        let Some(padding) = padding else { return dec.start(features) };
+        let points = silence::blend(padding.level)
+            .into_iter()
+            .map(|(index, weight)| Ok((self.padding_cross_point(index)?, weight)))
+            .collect::<Result<Vec<_>>>()?;
+        let points: Vec<(&CrossKeyValues, f64)> = points.iter().map(|(c, w)| (c, *w)).collect();
+        Ok(dec.start_from(dec.cross_padded(features, padding.audio_frames, &points)?))
+    }
+
+    fn padding_cross_point(&self, index: i32) -> Result<CrossKeyValues> {
+        let mut cache = self.padding_cross.lock().expect("padding cache lock");
+        if let Some(c) = cache.get(&index) {
+            return Ok(c.clone());
+        }
+        let encoder = &self.model.encoder;
+        let cross = self.model.decoder.cross(&encoder.silence.grid_point(encoder, index)?)?;
+        if cache.len() >= PADDING_CROSS_POINTS {
+            let farthest = *cache.keys().max_by_key(|k| k.abs_diff(index)).expect("cache is full");
+            cache.remove(&farthest);
+        }
+        cache.insert(index, cross.clone());
+        Ok(cross)
     }
 
     fn stepper(&self, state: DecoderState) -> Result<Stepper> {

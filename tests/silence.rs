@@ -80,3 +80,31 @@ fn transcripts_with_silence_caching_match_whole_windows() {
     assert!(cached.summary.wer <= full.summary.wer + 1.0, "WER {:.2} cached vs {:.2} whole windows", cached.summary.wer, full.summary.wer);
     assert!(cached.summary.encoder_gflop < 0.5 * full.summary.encoder_gflop);
 }
+
+#[test]
+fn padding_cross_attention_keys_are_blended_from_the_table_exactly() {
+    // The decoder projects only the audio frames of a silence-cached window; the padding's
+    // cross-attention keys and values are blended from the grid points' own. The projection is
+    // affine and the blend weights sum to one, so both ways agree to float rounding.
+    let model = common::tiny_en();
+    let t = Transcriber::new(model);
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let mel = t.log_mel(&audio);
+    let (features, stats) = t.encode_segment(&mel, 0, audio.len() / HOP_LENGTH, &TranscribeOptions::default()).unwrap();
+    assert!(stats.encoded_frames < stats.frames);
+    let points: Vec<_> = coda_asr::model::silence::blend(mel.silence)
+        .into_iter()
+        .map(|(i, w)| (model.decoder.cross(&model.encoder.silence.grid_point(&model.encoder, i).unwrap()).unwrap(), w))
+        .collect();
+    assert_eq!(points.len(), 2, "the clip's level {} lies between grid points", mel.silence);
+    let points: Vec<_> = points.iter().map(|(c, w)| (c, *w)).collect();
+    let blended = model.decoder.cross_padded(&features, stats.encoded_frames, &points).unwrap();
+    let projected = model.decoder.cross(&features).unwrap();
+    for layer in 0..4 {
+        let (k, v) = blended.layer(layer);
+        let (k0, v0) = projected.layer(layer);
+        assert_eq!(k.dims(), k0.dims());
+        assert!(max_abs(k, k0) < 1e-3 && max_abs(v, v0) < 1e-3, "layer {layer}: {} {}", max_abs(k, k0), max_abs(v, v0));
+    }
+}

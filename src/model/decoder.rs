@@ -25,6 +25,17 @@ struct KeyValues {
     v: Tensor,
 }
 
+/// Cross-attention keys and values of one encoded window, per layer.
+#[derive(Clone)]
+pub struct CrossKeyValues(Vec<KeyValues>);
+
+impl CrossKeyValues {
+    /// Keys and values of one layer, [batch, heads, frames, dh] each.
+    pub fn layer(&self, i: usize) -> (&Tensor, &Tensor) {
+        (&self.0[i].k, &self.0[i].v)
+    }
+}
+
 /// Decoding state for one window: the cross-attention K/V of its audio and the growing
 /// self-attention cache.
 #[derive(Clone)]
@@ -80,8 +91,17 @@ impl Decoder {
 
     /// Prepare a state for the encoded audio [batch, frames, d]: cross K/V once per window.
     pub fn start(&self, audio: &Tensor) -> Result<DecoderState> {
+        Ok(self.start_from(self.cross(audio)?))
+    }
+
+    pub fn start_from(&self, cross: CrossKeyValues) -> DecoderState {
+        DecoderState { cross: cross.0, cache: vec![None; self.layers.len()], position: 0 }
+    }
+
+    /// Cross-attention keys and values of encoded audio [batch, frames, d].
+    pub fn cross(&self, audio: &Tensor) -> Result<CrossKeyValues> {
         let d = self.d;
-        let cross = self
+        let layers = self
             .layers
             .iter()
             .map(|l| {
@@ -89,7 +109,38 @@ impl Decoder {
                 Ok(KeyValues { k: split_heads(&kv.narrow(2, 0, d)?, self.heads)?, v: split_heads(&kv.narrow(2, d, d)?, self.heads)? })
             })
             .collect::<Result<_>>()?;
-        Ok(DecoderState { cross, cache: vec![None; self.layers.len()], position: 0 })
+        Ok(CrossKeyValues(layers))
+    }
+
+    /// Cross K/V of a window [1, frames, d] whose frames from `audio_frames` on are a blend of
+    /// padding windows (silence caching): projected for the audio frames only, and blended
+    /// with the same weights from the padding windows' own K/V for the rest. The projections
+    /// are affine and the weights sum to one, so this equals [`Decoder::cross`] of the window.
+    pub fn cross_padded(&self, window: &Tensor, audio_frames: usize, padding: &[(&CrossKeyValues, f64)]) -> Result<CrossKeyValues> {
+        let frames = window.dim(1)?;
+        ensure!(audio_frames < frames && !padding.is_empty(), "no padding to blend");
+        let audio = self.cross(&window.narrow(1, 0, audio_frames)?)?;
+        let n = frames - audio_frames;
+        let blend = |layer: usize, pick: fn(&KeyValues) -> &Tensor| -> Result<Tensor> {
+            let mut sum: Option<Tensor> = None;
+            for (p, w) in padding {
+                let part = (pick(&p.0[layer]).narrow(2, audio_frames, n)? * *w)?;
+                sum = Some(match sum {
+                    None => part,
+                    Some(s) => (s + part)?,
+                });
+            }
+            Ok(sum.expect("at least one padding window"))
+        };
+        let layers = audio
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                Ok(KeyValues { k: Tensor::cat(&[&a.k, &blend(i, |kv| &kv.k)?], 2)?, v: Tensor::cat(&[&a.v, &blend(i, |kv| &kv.v)?], 2)? })
+            })
+            .collect::<Result<_>>()?;
+        Ok(CrossKeyValues(layers))
     }
 
     /// Run `tokens` (shape [batch, t]) after what the state already holds; returns the final

@@ -27,6 +27,19 @@ pub const GRID_STEP: f32 = 0.125;
 const GRID_RANGE: (f32, f32) = (-1.5, 0.25);
 pub const FILE_NAME: &str = "silence.safetensors";
 
+/// The grid points whose weighted sum is the padding at `level`, and their weights (one point
+/// when the level is on the grid).
+pub fn blend(level: f32) -> Vec<(i32, f64)> {
+    let position = level / GRID_STEP;
+    let below = position.floor() as i32;
+    let weight_above = (position - below as f32) as f64;
+    if weight_above < 1e-6 {
+        vec![(below, 1.0)]
+    } else {
+        vec![(below, 1.0 - weight_above), (below + 1, weight_above)]
+    }
+}
+
 /// Dense encodings of all-padding windows, keyed by grid index (level / GRID_STEP).
 #[derive(Default)]
 pub struct SilenceCache {
@@ -36,18 +49,20 @@ pub struct SilenceCache {
 impl SilenceCache {
     /// The padding encoding at `level`, [1, max_frames, d]: interpolated between grid points.
     pub fn encoding(&self, encoder: &Encoder, level: f32) -> Result<Tensor> {
-        let position = level / GRID_STEP;
-        let below = position.floor() as i32;
-        let weight_above = (position - below as f32) as f64;
-        let lower = self.grid_point(encoder, below)?;
-        if weight_above < 1e-6 {
-            return Ok(lower);
+        let mut sum: Option<Tensor> = None;
+        for (index, weight) in blend(level) {
+            let part = self.grid_point(encoder, index)?;
+            let part = if weight == 1.0 { part } else { (part * weight)? };
+            sum = Some(match sum {
+                None => part,
+                Some(s) => (s + part)?,
+            });
         }
-        let upper = self.grid_point(encoder, below + 1)?;
-        Ok(((lower * (1.0 - weight_above))? + (upper * weight_above)?)?)
+        Ok(sum.expect("a blend has a grid point"))
     }
 
-    fn grid_point(&self, encoder: &Encoder, index: i32) -> Result<Tensor> {
+    /// The dense encoding of an all-padding window at grid point `index`, [1, max_frames, d].
+    pub fn grid_point(&self, encoder: &Encoder, index: i32) -> Result<Tensor> {
         if let Some(t) = self.grid.lock().expect("silence cache lock").get(&index) {
             return Ok(t.clone());
         }

@@ -87,32 +87,48 @@ impl LocalAgreement {
     }
 
     /// The buffer still holds audio that was already committed, so a hypothesis starts by
-    /// repeating committed words. Word times are estimates, so they are matched by text: the
-    /// hypothesis prefix closest (by word edit distance) to the committed words still in the
-    /// buffer is dropped.
+    /// repeating committed words, though not always the same way ("Wot U-D" may come back as
+    /// "Wotul-Di") and not always all of them (word times are estimates, so the cut may have
+    /// fallen after some). The hypothesis prefix that best matches the end of the committed
+    /// words, letter by letter, is dropped: the one that gains most matched letters over
+    /// twice its edits, and none when no prefix gains anything.
     fn drop_already_committed(&self, hypothesis: Vec<Word>) -> Vec<Word> {
-        let c: Vec<String> = self.committed[self.committed.len() - self.in_buffer..].iter().map(|w| key(&w.text)).collect();
-        if c.is_empty() {
+        let committed: Vec<char> =
+            self.committed[self.committed.len() - self.in_buffer..].iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect();
+        if committed.is_empty() {
             return hypothesis;
         }
-        let h: Vec<String> = hypothesis.iter().map(|w| key(&w.text)).collect();
-        // d[j] after row i: edits between c[..i] and h[..j].
-        let mut d: Vec<usize> = (0..=h.len()).collect();
-        for (i, ci) in c.iter().enumerate() {
-            let mut next = vec![i + 1; h.len() + 1];
-            for j in 1..=h.len() {
-                let sub = d[j - 1] + usize::from(*ci != h[j - 1]);
-                next[j] = sub.min(d[j] + 1).min(next[j - 1] + 1);
+        // Prefixes of more words than were committed (plus slack for split words) are not
+        // repetitions.
+        let candidates = hypothesis.len().min(self.in_buffer + 2);
+        let spoken: Vec<char> = hypothesis[..candidates].iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect();
+        let edits = suffix_edit_distances(&committed, &spoken);
+        let mut best = (0usize, 0i64);
+        let mut letters = 0;
+        for (j, w) in hypothesis[..candidates].iter().enumerate() {
+            letters += key(&w.text).chars().count();
+            let gain = letters as i64 - 2 * edits[letters] as i64;
+            if gain > best.1 {
+                best = (j + 1, gain);
             }
-            d = next;
         }
-        // Best prefix length; ties go to the shortest. When the hypothesis does not start with
-        // the committed words at all (the cut fell after them), every length up to their count
-        // costs the same, and dropping that many would delete new words: a repeated word costs
-        // as much as a lost one, and the text alone cannot tell which it is.
-        let best = (0..=h.len()).min_by_key(|&j| (d[j], j)).unwrap_or(0);
-        hypothesis.into_iter().skip(best).collect()
+        hypothesis.into_iter().skip(best.0).collect()
     }
+}
+
+/// For every prefix `b[..y]`: the fewest edits that turn some ending of `a` (any suffix,
+/// the empty one included) into it.
+fn suffix_edit_distances(a: &[char], b: &[char]) -> Vec<usize> {
+    // column[y] = edits between the best-starting part of a[..x] and b[..y], row by row in x.
+    let mut column: Vec<usize> = (0..=b.len()).collect();
+    for &ca in a {
+        let mut next = vec![0; b.len() + 1];
+        for y in 1..=b.len() {
+            next[y] = (column[y - 1] + usize::from(ca != b[y - 1])).min(column[y] + 1).min(next[y - 1] + 1);
+        }
+        column = next;
+    }
+    column
 }
 
 /// Where to cut the buffer so that it starts at a segment boundary (Whisper's timestamps sit in
@@ -236,6 +252,18 @@ mod tests {
         assert_eq!(texts(&p.update(words("types composed to form", 1.5))), ["types"]);
         p.flush();
         assert_eq!(texts(p.committed()), ["consist", "principally", "of", "types", "composed", "to", "form"]);
+    }
+
+    #[test]
+    fn committed_words_heard_again_differently_are_still_recognised() {
+        let mut p = LocalAgreement::default();
+        p.update(words("said to him Wot U-D", 0.0));
+        p.update(words("said to him Wot U-D", 0.0));
+        // The next utterance is decoded with the last one's audio in front of it.
+        p.trimmed_keeping(2);
+        p.update(words("Wotul-Di He who recited", 1.0));
+        p.flush();
+        assert_eq!(texts(p.committed()), ["said", "to", "him", "Wot", "U-D", "He", "who", "recited"]);
     }
 
     #[test]
