@@ -3,9 +3,11 @@
 //! It keeps a buffer of at most `max_buffer_s` of 16 kHz audio. While the voice gate is open it
 //! re-transcribes the buffer every `step_s` of new audio (the first time after `first_step_s`,
 //! so a partial appears soon after speech starts), prompted with the committed text, and
-//! commits what two consecutive hypotheses agree on. When speech stops (or the stream ends)
-//! everything pending becomes final and the buffer is cleared; while it runs long, the buffer
-//! is trimmed at the end of the committed words so latency and cost stay bounded.
+//! commits what two consecutive hypotheses agree on; each pass starts from the previous
+//! hypothesis as a decoder draft. When speech stops (or the stream ends) everything pending
+//! becomes final and the buffer is cleared but for the utterance's last segment, which is
+//! heard again before the next utterance; while it runs long, the buffer is trimmed at the end
+//! of the committed words so latency and cost stay bounded.
 
 use super::buffer::AudioBuffer;
 use super::controller::BudgetController;
@@ -195,6 +197,13 @@ impl State<'_> {
         let t0 = Instant::now();
         let tr = self.t.transcribe(self.buffer.samples(), &topts, &mut |_| {})?;
         let compute = t0.elapsed().as_secs_f64();
+        // Word times are spread over their segment in buffer time, then mapped to stream time: a
+        // segment can span the left-out gap after the context, which has no audio.
+        let to_stream = |w: Word| Word { start: self.buffer.to_stream(w.start), end: self.buffer.to_stream(w.end), ..w };
+        let words: Vec<Word> = segments_to_words(&tr.segments.iter().map(|s| (s.start, s.end, s.text.clone())).collect::<Vec<_>>())
+            .into_iter()
+            .map(to_stream)
+            .collect();
         let segs: Vec<(f64, f64, String)> =
             tr.segments.iter().map(|s| (self.buffer.to_stream(s.start), self.buffer.to_stream(s.end), s.text.clone())).collect();
         if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
@@ -220,7 +229,6 @@ impl State<'_> {
             self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
             return Ok(());
         }
-        let words = segments_to_words(&segs);
         let hypothesis_words = words.len();
         let finals = self.policy.update(words);
         self.draft = Some((tr.first_window_tokens.clone(), self.buffer.start()));
