@@ -122,15 +122,7 @@ impl Decoder {
         let audio = self.cross(&window.narrow(1, 0, audio_frames)?)?;
         let n = frames - audio_frames;
         let blend = |layer: usize, pick: fn(&KeyValues) -> &Tensor| -> Result<Tensor> {
-            let mut sum: Option<Tensor> = None;
-            for (p, w) in padding {
-                let part = (pick(&p.0[layer]).narrow(2, audio_frames, n)? * *w)?;
-                sum = Some(match sum {
-                    None => part,
-                    Some(s) => (s + part)?,
-                });
-            }
-            Ok(sum.expect("at least one padding window"))
+            super::silence::weighted_sum(padding.iter().map(|(p, w)| Ok((pick(&p.0[layer]).narrow(2, audio_frames, n)?, *w))))
         };
         let layers = audio
             .0

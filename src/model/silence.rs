@@ -40,6 +40,20 @@ pub fn blend(level: f32) -> Vec<(i32, f64)> {
     }
 }
 
+/// Σ weight · tensor over a [`blend`]'s parts.
+pub fn weighted_sum(parts: impl IntoIterator<Item = Result<(Tensor, f64)>>) -> Result<Tensor> {
+    let mut sum: Option<Tensor> = None;
+    for part in parts {
+        let (t, weight) = part?;
+        let t = if weight == 1.0 { t } else { (t * weight)? };
+        sum = Some(match sum {
+            None => t,
+            Some(s) => (s + t)?,
+        });
+    }
+    sum.context("an empty blend")
+}
+
 /// Dense encodings of all-padding windows, keyed by grid index (level / GRID_STEP).
 #[derive(Default)]
 pub struct SilenceCache {
@@ -49,16 +63,7 @@ pub struct SilenceCache {
 impl SilenceCache {
     /// The padding encoding at `level`, [1, max_frames, d]: interpolated between grid points.
     pub fn encoding(&self, encoder: &Encoder, level: f32) -> Result<Tensor> {
-        let mut sum: Option<Tensor> = None;
-        for (index, weight) in blend(level) {
-            let part = self.grid_point(encoder, index)?;
-            let part = if weight == 1.0 { part } else { (part * weight)? };
-            sum = Some(match sum {
-                None => part,
-                Some(s) => (s + part)?,
-            });
-        }
-        Ok(sum.expect("a blend has a grid point"))
+        weighted_sum(blend(level).into_iter().map(|(index, weight)| Ok((self.grid_point(encoder, index)?, weight))))
     }
 
     /// The dense encoding of an all-padding window at grid point `index`, [1, max_frames, d].
