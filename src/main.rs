@@ -78,7 +78,8 @@ struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     coda: Option<PathBuf>,
     /// A training-free baseline instead of CoDA: `topk-norm` (heavy layers on the top-k frames
-    /// by L2 norm, the rest unchanged; r from --reduction) or `audio-ctx` (encode only the
+    /// by L2 norm, the rest unchanged; r from --reduction), `grid` (heavy layers on k evenly
+    /// spaced frames, the others' updates interpolated, no adapters) or `audio-ctx` (encode only the
     /// frames holding audio, as whisper.cpp's audio_ctx).
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
@@ -93,6 +94,7 @@ struct ModelArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Baseline {
     TopkNorm,
+    Grid,
     AudioCtx,
 }
 
@@ -133,7 +135,7 @@ impl DecodeArgs {
     fn options(&self, model: &WhisperModel, baseline: Option<Baseline>) -> TranscribeOptions {
         let reduction = match (&model.coda, baseline) {
             (Some(c), _) => self.reduction.unwrap_or(c.config.default_reduction),
-            (None, Some(Baseline::TopkNorm)) => self.reduction.unwrap_or(1.0),
+            (None, Some(Baseline::TopkNorm | Baseline::Grid)) => self.reduction.unwrap_or(1.0),
             (None, _) => 1.0,
         };
         let mut o = TranscribeOptions {
@@ -371,12 +373,22 @@ struct TrainArgs {
     /// Reduction factors sampled per step.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
     reductions: Vec<f64>,
+    /// How heavy frames are picked: `grid` (evenly spaced, skipped frames get interpolated
+    /// updates) or `top-k` (the paper's learned router). Ignored with --resume.
+    #[arg(long, value_enum, default_value = "grid")]
+    routing: RoutingArg,
     #[arg(long, default_value_t = 2.0)]
     min_seconds: f64,
     #[arg(long, default_value_t = 30.0)]
     max_seconds: f64,
     #[command(flatten)]
     model: ModelArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RoutingArg {
+    Grid,
+    TopK,
 }
 
 #[derive(Args)]
@@ -433,8 +445,12 @@ fn load_model(args: &ModelArgs) -> Result<WhisperModel> {
     eprintln!("{}", selected.description);
     let dtype = args.dtype.resolve(&selected.device);
     let mut model = WhisperModel::load_with(&dir, &selected.device, dtype)?;
-    if let Some(Baseline::TopkNorm) = args.baseline {
-        model.encoder.install(coda_asr::model::baselines::top_k_norm_layers(&model.encoder.dense_layers));
+    match args.baseline {
+        Some(Baseline::TopkNorm) => model.encoder.install(coda_asr::model::baselines::top_k_norm_layers(&model.encoder.dense_layers)),
+        Some(Baseline::Grid) => model.encoder.install(coda_asr::model::baselines::grid_layers(&model.encoder.dense_layers)),
+        Some(Baseline::AudioCtx) | None => {}
+    }
+    if args.baseline.is_some() {
         return Ok(model);
     }
     if !args.dense && args.baseline.is_none() {
@@ -570,6 +586,7 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
         let kind = match (&model.coda, args.model.baseline) {
             (Some(_), _) => format!("CoDA r={}", opts.encode.reduction),
             (None, Some(Baseline::TopkNorm)) => format!("top-k by norm r={}", opts.encode.reduction),
+            (None, Some(Baseline::Grid)) => format!("grid, no adapters r={}", opts.encode.reduction),
             (None, Some(Baseline::AudioCtx)) => "audio_ctx".to_string(),
             (None, None) => "dense".to_string(),
         };
@@ -871,6 +888,10 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         layers: args.layers.clone(),
         bottleneck: args.bottleneck,
         reductions: args.reductions.clone(),
+        routing: match args.routing {
+            RoutingArg::Grid => coda_asr::model::coda::Routing::Grid,
+            RoutingArg::TopK => coda_asr::model::coda::Routing::TopK,
+        },
         min_seconds: args.min_seconds,
         max_seconds: args.max_seconds,
     };

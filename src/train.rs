@@ -12,7 +12,7 @@
 
 use crate::audio;
 use crate::mel::{MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
-use crate::model::coda::{CodaConfig, CodaWeights};
+use crate::model::coda::{CodaConfig, CodaWeights, Routing};
 use crate::model::{EncodeOptions, EncoderBlock, WhisperModel};
 use crate::rng::Rng;
 use crate::transcribe::{encoded_block_frames, Transcriber};
@@ -40,6 +40,7 @@ pub struct TrainOptions {
     pub layers: Option<Vec<usize>>,
     pub bottleneck: usize,
     pub reductions: Vec<f64>,
+    pub routing: Routing,
     /// Clips of audio shorter/longer than this are made by crops and concatenation.
     pub min_seconds: f64,
     pub max_seconds: f64,
@@ -132,6 +133,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         let mut config = CodaConfig::new(layers, &model.name(), &base_sha);
         config.bottleneck = opts.bottleneck;
         config.reductions = opts.reductions.clone();
+        config.routing = opts.routing;
         seeded_fresh(config, model, &mut rng)?
     };
     ensure!(weights.config.base_model_sha256 == base_sha, "checkpoint was trained on another base model");

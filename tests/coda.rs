@@ -3,7 +3,7 @@
 
 mod common;
 use candle_core::{Device, Tensor, Var};
-use coda_asr::model::coda::{soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights};
+use coda_asr::model::coda::{grid_frames, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights, Interpolation, Routing};
 use coda_asr::model::{EncodeOptions, EncoderBlock};
 use std::sync::Arc;
 
@@ -59,6 +59,39 @@ fn top_k_keeps_time_order() {
     assert_eq!(top_k_in_time_order(&row, 7), (0..7).collect::<Vec<u32>>());
 }
 
+#[test]
+fn grid_frames_are_evenly_spaced_in_time_order() {
+    assert_eq!(grid_frames(8, 4), vec![1, 3, 5, 7]);
+    assert_eq!(grid_frames(10, 4), vec![1, 3, 6, 8]);
+    assert_eq!(grid_frames(5, 5), vec![0, 1, 2, 3, 4]);
+    for (n, k) in [(750usize, 375usize), (751, 188), (1500, 188), (3, 1)] {
+        let g = grid_frames(n, k);
+        assert_eq!(g.len(), k);
+        assert!(g.windows(2).all(|w| w[0] < w[1]) && (*g.last().unwrap() as usize) < n, "n = {n}, k = {k}");
+        // No stretch without a heavy frame is longer than the grid step.
+        let step = (n as f64 / k as f64).ceil() as u32;
+        assert!(g.windows(2).all(|w| w[1] - w[0] <= step));
+    }
+}
+
+#[test]
+fn interpolation_gives_selected_frames_their_own_update_and_is_linear_between() {
+    let selected = [2u32, 5, 9];
+    let plan = Interpolation::new(&selected, 12);
+    // Updates of the selected frames: a linear function of time per channel, so the frames
+    // between them must get exactly that function; the ends copy the nearest.
+    let line = |t: f32| [10.0 + 2.0 * t, -t];
+    let delta: Vec<f32> = selected.iter().flat_map(|&t| line(t as f32)).collect();
+    let delta = Tensor::from_vec(delta, (1, 3, 2), &Device::Cpu).unwrap();
+    let full: Vec<Vec<f32>> = plan.apply(&delta).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    for (i, row) in full.iter().enumerate() {
+        let t = (i as f32).clamp(2.0, 9.0);
+        let want = line(t);
+        assert!((row[0] - want[0]).abs() < 1e-5 && (row[1] - want[1]).abs() < 1e-5, "frame {i}: {row:?} vs {want:?}");
+    }
+    assert_eq!((plan.left[5], plan.right[5], plan.left_weight[5]), (1, 1, 1.0));
+}
+
 fn real_mel() -> Tensor {
     let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
     let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
@@ -94,9 +127,11 @@ fn fresh_adapters_at_r1_reproduce_the_dense_encoder_and_route_at_r4() {
 #[test]
 fn routing_with_tensor_ops_matches_the_host_routing() {
     // What a GPU runs (no host copies between layers), checked on the CPU against the host path.
+    // Top-k routing needs both paths; grid routing has only one (it routes without data).
     let model = common::tiny_en();
-    let coda_dir = model.default_coda_dir().expect("models/coda-tiny.en is shipped with the repository");
-    let weights = CodaWeights::load(&coda_dir, &Device::Cpu).unwrap();
+    let mut config = CodaConfig::new(vec![0, 1, 2, 3], "tiny.en", "test");
+    config.routing = Routing::TopK;
+    let weights = CodaWeights::fresh(config, 384, &Device::Cpu).unwrap();
     let layers = weights.layers(&model.encoder.dense_layers, false).unwrap();
     let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
     for r in [2.0, 4.0, 8.0] {
@@ -125,6 +160,24 @@ fn routing_with_tensor_ops_matches_the_host_routing() {
             );
         }
     }
+}
+
+#[test]
+fn grid_routing_with_fresh_adapters_is_the_grid_baseline() {
+    let model = common::tiny_en();
+    let weights = CodaWeights::fresh(CodaConfig::new(vec![0, 1, 2, 3], "tiny.en", "test"), 384, &Device::Cpu).unwrap();
+    let layers = weights.layers(&model.encoder.dense_layers, false).unwrap();
+    let baseline = coda_asr::model::baselines::grid_layers(&model.encoder.dense_layers);
+    let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
+    let opts = EncodeOptions { reduction: 3.0 };
+    let (coda, stats) = layers[2].1.forward(&x, &opts).unwrap();
+    let (grid, _) = baseline[2].1.forward(&x, &opts).unwrap();
+    assert_eq!(stats.heavy_frames, 200);
+    let diff = (&coda - &grid).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5, "zero adapters with grid routing differ from the grid baseline by {diff}");
+    // Every frame moved, not only the heavy ones: the skipped ones got interpolated updates.
+    let moved: Vec<f32> = (&coda - &x).unwrap().abs().unwrap().max(2).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+    assert!(moved.iter().all(|&m| m > 1e-3), "a frame kept its input unchanged");
 }
 
 #[test]
@@ -186,6 +239,7 @@ fn a_short_training_run_lowers_the_loss() {
         layers: Some(vec![2, 3]),
         bottleneck: 16,
         reductions: vec![4.0],
+        routing: Routing::Grid,
         min_seconds: 2.0,
         max_seconds: 4.0,
     };

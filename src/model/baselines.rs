@@ -1,10 +1,12 @@
 //! Training-free ways to cut encoder cost, kept as baselines for CoDA in the same harness:
 //! - [`TopKNormLayer`]: each layer runs its heavy branch on the top-k frames by L2 norm and
 //!   passes the rest through unchanged (no adapters, no learned router).
+//! - [`GridLayer`]: the heavy branch on k evenly spaced frames, the skipped frames' updates
+//!   interpolated from their grid neighbours: CoDA's grid routing with no adapters.
 //! - whisper.cpp's `audio_ctx` (encode only the frames that hold audio) lives in the
 //!   transcriber as [`crate::transcribe::TranscribeOptions::audio_ctx`].
 
-use super::coda::{add_heavy_update, top_k_in_time_order};
+use super::coda::{add_grid_update, add_heavy_update, top_k_in_time_order};
 use super::encoder::{layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
 use anyhow::Result;
 use candle_core::{Tensor, D};
@@ -37,4 +39,25 @@ impl EncoderBlock for TopKNormLayer {
 /// Every encoder layer as a norm-routed top-k layer.
 pub fn top_k_norm_layers(dense: &[Arc<DenseLayer>]) -> Vec<(usize, Arc<dyn EncoderBlock>)> {
     dense.iter().enumerate().map(|(i, l)| (i, Arc::new(TopKNormLayer { dense: l.clone() }) as Arc<dyn EncoderBlock>)).collect()
+}
+
+pub struct GridLayer {
+    pub dense: Arc<DenseLayer>,
+}
+
+impl EncoderBlock for GridLayer {
+    fn forward(&self, x: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, BlockStats)> {
+        let (batch, n, _) = x.dims3()?;
+        let k = ((n as f64 / opts.reduction.max(1.0)).ceil() as usize).clamp(1, n);
+        let flops = batch as f64 * layer_flops(k, self.dense.d, self.dense.ffn);
+        if k == n {
+            return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
+        }
+        Ok((add_grid_update(&self.dense, x, x, k)?, BlockStats { heavy_frames: k, flops }))
+    }
+}
+
+/// Every encoder layer as a grid-routed layer without adapters.
+pub fn grid_layers(dense: &[Arc<DenseLayer>]) -> Vec<(usize, Arc<dyn EncoderBlock>)> {
+    dense.iter().enumerate().map(|(i, l)| (i, Arc::new(GridLayer { dense: l.clone() }) as Arc<dyn EncoderBlock>)).collect()
 }

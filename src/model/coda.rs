@@ -10,6 +10,14 @@
 //! λ comes from a soft top-k (entropy-regularised optimal transport), differentiable so the
 //! router learns from the loss; at inference the hard top-k of s picks the same frames (λ is
 //! monotone in s) and their λ is kept.
+//!
+//! [`Routing::Grid`] is the other routing this module offers, and the one the shipped adapters
+//! use: the heavy frames sit on a regular time grid (k = ceil(n / r) of them, evenly spaced) and
+//! every skipped frame gets the heavy update interpolated linearly from its two grid
+//! neighbours, y_i = x_i + adapter(x_i) + Δ̃_i. Speech encodings change little from one 20 ms
+//! frame to the next, so a skipped frame's update is close to its neighbours'; a learned top-k
+//! leaves runs of frames with no update at all, which the decoder has never seen (README,
+//! Measured, has both). The grid depends only on n, so no data leaves the device to route.
 
 use super::encoder::{layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
 use super::layers::{normalize_last_dim, Gelu, Norm};
@@ -18,6 +26,19 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// How a conditional layer picks its heavy frames and what the others get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    /// The paper's: learned router scores, hard top-k, λ from the soft top-k; skipped frames
+    /// get the adapter only.
+    #[default]
+    TopK,
+    /// Heavy frames evenly spaced in time; skipped frames get the heavy update interpolated
+    /// from their grid neighbours (plus the adapter). The router is not used.
+    Grid,
+}
 
 /// What is saved next to the adapter weights (`coda.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +52,9 @@ pub struct CodaConfig {
     /// Soft top-k temperature and iteration count.
     pub epsilon: f64,
     pub iterations: usize,
+    /// Older configs have no field: they were trained with the learned top-k.
+    #[serde(default)]
+    pub routing: Routing,
     pub base_model: String,
     pub base_model_sha256: String,
     #[serde(default)]
@@ -48,6 +72,7 @@ impl CodaConfig {
             default_reduction: 1.0,
             epsilon: 1.0,
             iterations: 30,
+            routing: Routing::Grid,
             base_model: base_model.to_string(),
             base_model_sha256: base_model_sha256.to_string(),
             training: serde_json::Value::Null,
@@ -134,6 +159,76 @@ pub fn add_heavy_update(dense: &DenseLayer, xb: &Tensor, base: &Tensor, idx: &Te
     Ok(base.index_add(idx, &delta, 1)?)
 }
 
+/// The k frames of n on an evenly spaced grid (each at the middle of its n / k stretch), in
+/// time order.
+pub fn grid_frames(n: usize, k: usize) -> Vec<u32> {
+    let k = k.clamp(1, n);
+    (0..k).map(|j| (((j as f64 + 0.5) * n as f64 / k as f64) as usize).min(n - 1) as u32).collect()
+}
+
+/// For every frame of n, where its update comes from: the positions (in `selected`, time
+/// order) of the selected frames on either side and their linear-interpolation weights. A
+/// selected frame takes its own update; frames before the first or after the last selected
+/// frame take the nearest one's.
+pub struct Interpolation {
+    pub left: Vec<u32>,
+    pub right: Vec<u32>,
+    pub left_weight: Vec<f32>,
+    pub right_weight: Vec<f32>,
+}
+
+impl Interpolation {
+    pub fn new(selected: &[u32], n: usize) -> Self {
+        let mut plan = Self {
+            left: Vec::with_capacity(n),
+            right: Vec::with_capacity(n),
+            left_weight: Vec::with_capacity(n),
+            right_weight: Vec::with_capacity(n),
+        };
+        let last = selected.len().saturating_sub(1);
+        let mut next = 0usize; // first position whose frame is ≥ i
+        for i in 0..n as u32 {
+            while next < selected.len() && selected[next] < i {
+                next += 1;
+            }
+            let (l, r, t) = if next < selected.len() && selected[next] == i {
+                (next, next, 0.0)
+            } else if next == 0 {
+                (0, 0, 0.0)
+            } else if next == selected.len() {
+                (last, last, 0.0)
+            } else {
+                let (p, q) = (selected[next - 1] as f32, selected[next] as f32);
+                (next - 1, next, (i as f32 - p) / (q - p))
+            };
+            plan.left.push(l as u32);
+            plan.right.push(r as u32);
+            plan.left_weight.push(1.0 - t);
+            plan.right_weight.push(t);
+        }
+        plan
+    }
+
+    /// Updates of the selected frames [b, k, d] → updates of all n frames [b, n, d].
+    pub fn apply(&self, delta: &Tensor) -> Result<Tensor> {
+        let (device, n) = (delta.device(), self.left.len());
+        let weights = |w: &[f32]| Tensor::from_slice(w, (1, n, 1), device)?.to_dtype(delta.dtype());
+        let left = delta.index_select(&Tensor::new(self.left.as_slice(), device)?, 1)?;
+        let right = delta.index_select(&Tensor::new(self.right.as_slice(), device)?, 1)?;
+        Ok((left.broadcast_mul(&weights(&self.left_weight)?)? + right.broadcast_mul(&weights(&self.right_weight)?)?)?)
+    }
+}
+
+/// Grid routing for a whole batch x [b, n, d]: the heavy layer runs on k evenly spaced frames
+/// of every sequence (one batched call), and `base` gets the interpolated updates.
+pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, k: usize) -> Result<Tensor> {
+    let n = x.dim(1)?;
+    let selected = grid_frames(n, k);
+    let sel = x.index_select(&Tensor::new(selected.as_slice(), x.device())?, 1)?;
+    let delta = (dense.run(&sel)? - &sel)?;
+    Ok((base + Interpolation::new(&selected, n).apply(&delta)?)?)
+}
+
 /// The trainable parts of one conditional layer.
 #[derive(Debug, Clone)]
 pub struct Adapter {
@@ -182,6 +277,7 @@ pub struct CodaLayer {
     pub epsilon: f64,
     pub iterations: usize,
     pub bottleneck: usize,
+    pub routing: Routing,
 }
 
 impl CodaLayer {
@@ -214,6 +310,11 @@ impl CodaLayer {
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
         }
         let light = (x + self.adapter.light(x)?)?;
+        if self.routing == Routing::Grid {
+            // Data-independent, so the same on every device.
+            let flops = flops - batch as f64 * 2.0 * n as f64 * self.dense.d as f64; // no router
+            return Ok((add_grid_update(&self.dense, x, &light, k)?, BlockStats { heavy_frames: k, flops }));
+        }
         let scores = self.adapter.scores(x)?;
         let mut rows = Vec::with_capacity(batch);
         if on_device {
@@ -354,6 +455,7 @@ impl CodaWeights {
                         epsilon: self.config.epsilon,
                         iterations: self.config.iterations,
                         bottleneck: self.config.bottleneck,
+                        routing: self.config.routing,
                     },
                 ))
             })
