@@ -365,7 +365,7 @@ struct TrainArgs {
     /// Continue from the adapters in --out (optimizer moments restart).
     #[arg(long)]
     resume: bool,
-    /// Adapted layers, e.g. 0,1,2,3 (default: all).
+    /// Adapted layers, e.g. 0,1,2,3 (default: all but the first with grid routing, all with top-k).
     #[arg(long, value_delimiter = ',')]
     layers: Option<Vec<usize>>,
     #[arg(long, default_value_t = 64)]

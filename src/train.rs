@@ -126,7 +126,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     let clips = load_clips(&opts.manifest)?;
     ensure!(!clips.is_empty(), "{}: no training clips", opts.manifest.display());
     let base_sha = model.weights_sha256()?;
-    let layers = opts.layers.clone().unwrap_or_else(|| (0..model.config.encoder_layers).collect());
+    let layers = opts.layers.clone().unwrap_or_else(|| crate::model::coda::default_layers(opts.routing, model.config.encoder_layers));
     let weights = if opts.resume && opts.out_dir.join("coda.json").is_file() {
         CodaWeights::load(&opts.out_dir, &model.device).context("--resume: cannot load the checkpoint")?
     } else {

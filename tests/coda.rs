@@ -171,7 +171,8 @@ fn grid_routing_with_fresh_adapters_is_the_grid_baseline() {
     let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
     let opts = EncodeOptions { reduction: 3.0 };
     let (coda, stats) = layers[2].1.forward(&x, &opts).unwrap();
-    let (grid, _) = baseline[2].1.forward(&x, &opts).unwrap();
+    assert_eq!(baseline[1].0, 2, "the grid baseline adapts layers 1.., as CoDA's grid default");
+    let (grid, _) = baseline[1].1.forward(&x, &opts).unwrap();
     assert_eq!(stats.heavy_frames, 200);
     let diff = (&coda - &grid).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-5, "zero adapters with grid routing differ from the grid baseline by {diff}");

@@ -2,7 +2,8 @@
 //! - [`TopKNormLayer`]: each layer runs its heavy branch on the top-k frames by L2 norm and
 //!   passes the rest through unchanged (no adapters, no learned router).
 //! - [`GridLayer`]: the heavy branch on k evenly spaced frames, the skipped frames' updates
-//!   interpolated from their grid neighbours: CoDA's grid routing with no adapters.
+//!   interpolated from their grid neighbours: CoDA's grid routing with no adapters (in the
+//!   layers CoDA adapts by default).
 //! - whisper.cpp's `audio_ctx` (encode only the frames that hold audio) lives in the
 //!   transcriber as [`crate::transcribe::TranscribeOptions::audio_ctx`].
 
@@ -57,7 +58,10 @@ impl EncoderBlock for GridLayer {
     }
 }
 
-/// Every encoder layer as a grid-routed layer without adapters.
+/// The layers CoDA adapts by default with grid routing, as grid-routed layers without adapters.
 pub fn grid_layers(dense: &[Arc<DenseLayer>]) -> Vec<(usize, Arc<dyn EncoderBlock>)> {
-    dense.iter().enumerate().map(|(i, l)| (i, Arc::new(GridLayer { dense: l.clone() }) as Arc<dyn EncoderBlock>)).collect()
+    super::coda::default_layers(super::coda::Routing::Grid, dense.len())
+        .into_iter()
+        .map(|i| (i, Arc::new(GridLayer { dense: dense[i].clone() }) as Arc<dyn EncoderBlock>))
+        .collect()
 }

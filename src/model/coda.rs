@@ -159,6 +159,17 @@ pub fn add_heavy_update(dense: &DenseLayer, xb: &Tensor, base: &Tensor, idx: &Te
     Ok(base.index_add(idx, &delta, 1)?)
 }
 
+/// Encoder layers adapted by default. With grid routing the first layer stays dense: it works
+/// on the conv stem's 50 Hz frames, and on a grid of every fourth frame it breaks decoding
+/// (32 train.tsv clips, no adapters, r = 4: 50 % WER with it on the grid, 14 % with it dense,
+/// dense encoder 5 %); the later layers take the grid well.
+pub fn default_layers(routing: Routing, encoder_layers: usize) -> Vec<usize> {
+    match routing {
+        Routing::Grid => (1..encoder_layers).collect(),
+        Routing::TopK => (0..encoder_layers).collect(),
+    }
+}
+
 /// The k frames of n on an evenly spaced grid (each at the middle of its n / k stretch), in
 /// time order.
 pub fn grid_frames(n: usize, k: usize) -> Vec<u32> {
