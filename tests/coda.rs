@@ -254,10 +254,10 @@ fn a_short_training_run_lowers_the_loss() {
     assert!(out.path().join("adapters/train_log.csv").is_file());
 }
 
-/// On these 18 clips (180 words) the dense encoder scores 13.9 % (14.4 % with silence caching),
-/// the shipped adapters 32.2 % at r = 4 and 23.3 % at r = 2, with k counted over the audio
-/// block (see README, Measured); fresh adapters fall apart (over 90 %).
-const SHIPPED_R4_WER_BOUND: f64 = 36.0;
+/// On these 18 clips (180 words) the dense encoder scores 14.4 % (silence caching), the shipped
+/// grid-routed adapters 13.9 % at r = 2 and 20.6 % at r = 4 (the previous, learned top-k adapters
+/// 23.3 % and 32.2 %; fresh top-k adapters over 90 %).
+const SHIPPED_R4_WER_BOUND: f64 = 24.0;
 
 #[test]
 fn shipped_adapters_load_and_keep_wer_at_r4_on_short_clips() {
@@ -274,9 +274,10 @@ fn shipped_adapters_load_and_keep_wer_at_r4_on_short_clips() {
     let opts = |r: f64| coda_asr::transcribe::TranscribeOptions { encode: EncodeOptions { reduction: r }, ..Default::default() };
     let coda = coda_asr::eval::run(&t, &short, &opts(4.0), "r4", "dev", &mut |_, _| {}).unwrap().summary;
     assert_eq!(coda.heavy_fraction.len(), 4);
-    // A quarter of each audio block (under 9 s of a 30 s window) goes heavy; windows that fail
-    // a no-speech test are re-encoded whole (a quarter of 1500 frames).
-    assert!(coda.heavy_fraction.iter().all(|&f| f > 0.02 && f < 0.25), "{:?}", coda.heavy_fraction);
+    // Layer 0 stays dense on the audio block (under 9 s of a 30 s window); the adapted layers
+    // send a quarter of it heavy (windows that fail a no-speech test are re-encoded whole).
+    let f = &coda.heavy_fraction;
+    assert!(f[1..].iter().all(|&x| x > 0.02 && x < 0.25 && f[0] / x > 3.5 && f[0] / x < 4.01), "{f:?}");
     assert!(coda.encoder_gflop < 0.35 * coda.encoder_dense_gflop);
     assert!(coda.wer <= SHIPPED_R4_WER_BOUND, "CoDA r=4 WER {:.2} on {} short dev clips", coda.wer, coda.clips);
 }
