@@ -240,7 +240,10 @@ fn a_short_training_run_lowers_the_loss() {
         layers: Some(vec![2, 3]),
         bottleneck: 16,
         reductions: vec![4.0],
-        routing: Routing::Grid,
+        // Top-k: fresh top-k adapters start far from the dense model, so twelve steps show the
+        // loss falling; grid routing starts close to it, and over twelve different random
+        // examples its small gain is inside their spread.
+        routing: Routing::TopK,
         min_seconds: 2.0,
         max_seconds: 4.0,
     };
