@@ -20,7 +20,7 @@ pub struct TopKNormLayer {
 impl EncoderBlock for TopKNormLayer {
     fn forward(&self, x: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, BlockStats)> {
         let (batch, n, _) = x.dims3()?;
-        let k = ((n as f64 / opts.reduction.max(1.0)).ceil() as usize).clamp(1, n);
+        let k = opts.heavy_frames(n);
         let flops = batch as f64 * layer_flops(k, self.dense.d, self.dense.ffn);
         if k == n {
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
@@ -49,7 +49,7 @@ pub struct GridLayer {
 impl EncoderBlock for GridLayer {
     fn forward(&self, x: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, BlockStats)> {
         let (batch, n, _) = x.dims3()?;
-        let k = ((n as f64 / opts.reduction.max(1.0)).ceil() as usize).clamp(1, n);
+        let k = opts.heavy_frames(n);
         let flops = batch as f64 * layer_flops(k, self.dense.d, self.dense.ffn);
         if k == n {
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));

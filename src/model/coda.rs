@@ -311,8 +311,7 @@ impl CodaLayer {
     /// leaves the device between layers; callable on the CPU to check it against the host path).
     pub fn forward_routed(&self, x: &Tensor, opts: &EncodeOptions, on_device: bool) -> Result<(Tensor, BlockStats)> {
         let (batch, n, _) = x.dims3()?;
-        let r = opts.reduction.max(1.0);
-        let k = ((n as f64 / r).ceil() as usize).clamp(1, n);
+        let k = opts.heavy_frames(n);
         let flops = batch as f64 * (layer_flops(k, self.dense.d, self.dense.ffn) + self.adapter_flops(n));
         if k == n {
             // r = 1 is the dense layer (the project's vocabulary): every frame through the

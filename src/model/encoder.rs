@@ -29,6 +29,14 @@ impl Default for EncodeOptions {
     }
 }
 
+impl EncodeOptions {
+    /// How many of n frames a conditional layer sends through its heavy branch: ceil(n / r),
+    /// at least one, at most all.
+    pub fn heavy_frames(&self, n: usize) -> usize {
+        ((n as f64 / self.reduction.max(1.0)).ceil() as usize).clamp(1, n)
+    }
+}
+
 /// What one encoder call spent. Shared by the CLI's JSON, `eval` and the live monitor so that
 /// every number a user sees is computed once, here.
 #[derive(Debug, Clone, Default, Serialize)]
