@@ -453,7 +453,7 @@ fn load_model(args: &ModelArgs) -> Result<WhisperModel> {
     if args.baseline.is_some() {
         return Ok(model);
     }
-    if !args.dense && args.baseline.is_none() {
+    if !args.dense {
         match (&args.coda, model.default_coda_dir()) {
             (Some(dir), _) => model.attach_coda(dir)?,
             (None, Some(dir)) => model.attach_coda(&dir)?,
