@@ -3,7 +3,9 @@
 
 mod common;
 use candle_core::{Device, Tensor, Var};
-use coda_asr::model::coda::{grid_frames, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights, Interpolation, Routing};
+use coda_asr::model::coda::{
+    budget_weights, grid_frames, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights, Interpolation, Routing,
+};
 use coda_asr::model::{EncodeOptions, EncoderBlock};
 use std::sync::Arc;
 
@@ -182,6 +184,46 @@ fn grid_routing_with_fresh_adapters_is_the_grid_baseline() {
 }
 
 #[test]
+fn budget_gates_are_picked_by_r_and_interpolated_in_1_over_r_between() {
+    let trained = [2.0, 3.0, 4.0, 6.0, 8.0];
+    assert_eq!(budget_weights(&trained, 3.0), vec![0.0, 1.0, 0.0, 0.0, 0.0]);
+    assert_eq!(budget_weights(&trained, 1.5), vec![1.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(budget_weights(&trained, 16.0), vec![0.0, 0.0, 0.0, 0.0, 1.0]);
+    // r = 4.8: 1/r is half way from 1/4 to 1/6 (r = 5 would be nearer 1/6).
+    let w = budget_weights(&trained, 4.8);
+    assert!((w[2] - 0.5).abs() < 1e-6 && (w[3] - 0.5).abs() < 1e-6 && w[0] == 0.0 && w[1] == 0.0 && w[4] == 0.0, "{w:?}");
+    // The order in coda.json does not matter.
+    assert_eq!(budget_weights(&[4.0, 2.0], 2.0), vec![0.0, 1.0]);
+}
+
+#[test]
+fn a_closed_budget_gate_turns_the_adapter_off_at_its_r_only() {
+    let model = common::tiny_en();
+    let weights = CodaWeights::fresh(CodaConfig::new(vec![1, 2, 3], "tiny.en", "test"), 384, &Device::Cpu).unwrap();
+    {
+        let data = weights.vars.data().lock().unwrap();
+        let up = &data["layers.2.up.weight"];
+        up.set(&Tensor::randn(0f32, 0.1, up.shape(), &Device::Cpu).unwrap()).unwrap();
+        // Trained r are 2, 3, 4, 6, 8: close the gate of r = 2.
+        let gates = &data["layers.2.gates"];
+        let mut rows: Vec<Vec<f32>> = gates.as_tensor().to_vec2().unwrap();
+        rows[0].iter_mut().for_each(|g| *g = 0.0);
+        gates.set(&Tensor::new(rows, &Device::Cpu).unwrap()).unwrap();
+    }
+    let layers = weights.layers(&model.encoder.dense_layers, false).unwrap();
+    let baseline = coda_asr::model::baselines::grid_layers(&model.encoder.dense_layers);
+    let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
+    let differs = |r: f64| {
+        let opts = EncodeOptions { reduction: r };
+        let (coda, _) = layers[1].1.forward(&x, &opts).unwrap();
+        let (grid, _) = baseline[1].1.forward(&x, &opts).unwrap();
+        (&coda - &grid).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    assert!(differs(2.0) < 1e-5, "the closed gate still lets the adapter through at r = 2");
+    assert!(differs(3.0) > 1e-2, "the adapter does nothing at r = 3, where its gate is open");
+}
+
+#[test]
 fn adapters_save_and_load_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let config = CodaConfig::new(vec![1, 3], "tiny.en", "abc");
@@ -189,6 +231,8 @@ fn adapters_save_and_load_round_trip() {
     weights.save(dir.path()).unwrap();
     let loaded = CodaWeights::load(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(loaded.config.layers, vec![1, 3]);
+    let gates = loaded.vars.data().lock().unwrap()["layers.3.gates"].as_tensor().dims().to_vec();
+    assert_eq!(gates, vec![5, 64], "one budget gate per trained r");
     let a = weights.vars.data().lock().unwrap();
     let b = loaded.vars.data().lock().unwrap();
     assert_eq!(a.len(), b.len());

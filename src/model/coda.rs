@@ -55,6 +55,11 @@ pub struct CodaConfig {
     /// Older configs have no field: they were trained with the learned top-k.
     #[serde(default)]
     pub routing: Routing,
+    /// Each adapter scales its bottleneck by a learned gate per trained r (older configs have
+    /// none). One set shared by every r otherwise learns the large corrections r = 4…8 need,
+    /// and those hurt r = 2 (README, Measured).
+    #[serde(default)]
+    pub budget_gates: bool,
     pub base_model: String,
     pub base_model_sha256: String,
     #[serde(default)]
@@ -73,10 +78,18 @@ impl CodaConfig {
             epsilon: 1.0,
             iterations: 30,
             routing: Routing::Grid,
+            budget_gates: true,
             base_model: base_model.to_string(),
             base_model_sha256: base_model_sha256.to_string(),
             training: serde_json::Value::Null,
         }
+    }
+}
+
+impl CodaConfig {
+    /// How many budget gates each adapter has (None: no gates).
+    pub fn gate_count(&self) -> Option<usize> {
+        self.budget_gates.then_some(self.reductions.len())
     }
 }
 
@@ -247,12 +260,36 @@ pub struct Adapter {
     pub ln: Norm,
     pub down: Linear,
     pub up: Linear,
+    /// Budget gates [number of trained r, b], when the config has them.
+    pub gates: Option<Tensor>,
+}
+
+/// How much each trained r's gate counts at reduction `r`: all of it for a trained r, else
+/// linear in 1 / r between the two trained values around it (the nearest one outside them).
+pub fn budget_weights(reductions: &[f64], r: f64) -> Vec<f32> {
+    let mut weights = vec![0f32; reductions.len()];
+    let mut order: Vec<usize> = (0..reductions.len()).collect();
+    order.sort_by(|&a, &b| reductions[a].total_cmp(&reductions[b]));
+    let (Some(&lowest), Some(&highest)) = (order.first(), order.last()) else { return weights };
+    if r <= reductions[lowest] {
+        weights[lowest] = 1.0;
+    } else if r >= reductions[highest] {
+        weights[highest] = 1.0;
+    } else {
+        let above = order.iter().position(|&i| reductions[i] >= r).expect("r is below the highest");
+        let (lo, hi) = (order[above - 1], order[above]);
+        let t = (1.0 / reductions[lo] - 1.0 / r) / (1.0 / reductions[lo] - 1.0 / reductions[hi]);
+        weights[lo] = (1.0 - t) as f32;
+        weights[hi] += t as f32;
+    }
+    weights
 }
 
 impl Adapter {
     /// Parameters under `prefix` of a var builder (a VarMap-backed one creates them: router
     /// small random, up-projection zero so a fresh adapter changes nothing).
-    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize) -> Result<Self> {
+    /// `budgets`: how many trained r get a gate (none: no gates).
+    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize, budgets: Option<usize>) -> Result<Self> {
         let router = vb.get_with_hints(d, "router", candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?;
         let ln = Norm::new(
             vb.pp("ln").get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
@@ -266,16 +303,22 @@ impl Adapter {
             vb.pp("up").get_with_hints((d, bottleneck), "weight", candle_nn::Init::Const(0.0))?,
             Some(vb.pp("up").get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?),
         );
-        Ok(Self { router, ln, down, up })
+        let gates = budgets.map(|count| vb.get_with_hints((count, bottleneck), "gates", candle_nn::Init::Const(1.0))).transpose()?;
+        Ok(Self { router, ln, down, up, gates })
     }
 
     pub fn scores(&self, x: &Tensor) -> Result<Tensor> {
         Ok(normalize_last_dim(x)?.broadcast_mul(&self.router)?.sum(D::Minus1)?)
     }
 
-    pub fn light(&self, x: &Tensor) -> Result<Tensor> {
+    /// The adapter's output at reduction r (`reductions`: the r its gates were trained for).
+    pub fn light(&self, x: &Tensor, reductions: &[f64], r: f64) -> Result<Tensor> {
         let h = self.down.forward(&self.ln.forward(x)?)?;
-        let h = Gelu::Exact.apply(h)?;
+        let mut h = Gelu::Exact.apply(h)?;
+        if let Some(gates) = &self.gates {
+            let weights = Tensor::new(budget_weights(reductions, r), gates.device())?.to_dtype(gates.dtype())?.unsqueeze(0)?;
+            h = h.broadcast_mul(&weights.matmul(gates)?.squeeze(0)?.to_dtype(h.dtype())?)?;
+        }
         Ok(self.up.forward(&h)?)
     }
 }
@@ -289,6 +332,8 @@ pub struct CodaLayer {
     pub iterations: usize,
     pub bottleneck: usize,
     pub routing: Routing,
+    /// The r the budget gates were trained for.
+    pub reductions: Vec<f64>,
 }
 
 impl CodaLayer {
@@ -319,7 +364,7 @@ impl CodaLayer {
             let flops = batch as f64 * layer_flops(n, self.dense.d, self.dense.ffn);
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
         }
-        let light = (x + self.adapter.light(x)?)?;
+        let light = (x + self.adapter.light(x, &self.reductions, opts.reduction)?)?;
         if self.routing == Routing::Grid {
             // Data-independent, so the same on every device.
             let flops = flops - batch as f64 * 2.0 * n as f64 * self.dense.d as f64; // no router
@@ -398,7 +443,7 @@ impl CodaWeights {
         {
             let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
             for &l in &config.layers {
-                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck)?;
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gate_count())?;
             }
         }
         Ok(Self { config, vars })
@@ -421,7 +466,7 @@ impl CodaWeights {
                 .transpose()?
                 .context("adapter weights have no router for the first adapted layer")?;
             for &l in &config.layers {
-                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck)?;
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gate_count())?;
             }
         }
         let mut vars = vars;
@@ -456,7 +501,7 @@ impl CodaWeights {
             .iter()
             .map(|&l| {
                 ensure!(l < dense.len(), "CoDA layer {l} but the encoder has {} layers", dense.len());
-                let adapter = Adapter::load(vb.pp(format!("layers.{l}")), dense[l].d, self.config.bottleneck)?;
+                let adapter = Adapter::load(vb.pp(format!("layers.{l}")), dense[l].d, self.config.bottleneck, self.config.gate_count())?;
                 Ok((
                     l,
                     CodaLayer {
@@ -466,6 +511,7 @@ impl CodaWeights {
                         iterations: self.config.iterations,
                         bottleneck: self.config.bottleneck,
                         routing: self.config.routing,
+                        reductions: self.config.reductions.clone(),
                     },
                 ))
             })
