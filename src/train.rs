@@ -161,15 +161,15 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     let dense_layers: Vec<Arc<dyn EncoderBlock>> = model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
     // The budget gates start at 1 and must be able to reach ~0 within a run's few hundred steps
     // per r; Adam moves a parameter by about lr per step, so they get their own, larger rate.
-    let (gate_vars, adapter_vars): (Vec<_>, Vec<_>) = {
+    let (gate_vars, adapter_vars) = {
         let data = weights.vars.data().lock().expect("var map lock");
         let mut named: Vec<(&String, &candle_core::Var)> = data.iter().collect();
         named.sort_by(|a, b| a.0.cmp(b.0)); // a fixed order, so runs are deterministic
-        named.into_iter().map(|(name, var)| (name.ends_with(".gates"), var.clone())).partition(|(gate, _)| *gate)
+        let (gates, others): (Vec<_>, Vec<_>) = named.into_iter().partition(|(name, _)| name.ends_with(".gates"));
+        let vars = |named: Vec<(&String, &candle_core::Var)>| named.into_iter().map(|(_, var)| var.clone()).collect::<Vec<_>>();
+        (vars(gates), vars(others))
     };
-    let adam = |vars: Vec<(bool, candle_core::Var)>, lr: f64| {
-        AdamW::new(vars.into_iter().map(|(_, v)| v).collect(), ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() })
-    };
+    let adam = |vars, lr| AdamW::new(vars, ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() });
     let mut optimizer = adam(adapter_vars, opts.lr)?;
     let mut gate_optimizer = adam(gate_vars, opts.lr * GATE_LR_FACTOR)?;
     let mel = MelFrontend::new(model.config.num_mel_bins);

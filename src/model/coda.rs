@@ -57,7 +57,7 @@ pub struct CodaConfig {
     pub routing: Routing,
     /// Each adapter scales its bottleneck by a learned gate per trained r (older configs have
     /// none). One set shared by every r otherwise learns the large corrections r = 4…8 need,
-    /// and those hurt r = 2 (README, Measured).
+    /// and those hurt r = 2 (README, CoDA).
     #[serde(default)]
     pub budget_gates: bool,
     pub base_model: String,
@@ -84,9 +84,7 @@ impl CodaConfig {
             training: serde_json::Value::Null,
         }
     }
-}
 
-impl CodaConfig {
     /// How many budget gates each adapter has (None: no gates).
     pub fn gate_count(&self) -> Option<usize> {
         self.budget_gates.then_some(self.reductions.len())

@@ -15,8 +15,9 @@ fn exp_poly(x: f32) -> f32 {
     let t = x * LOG2E;
     let n = (t + 0.5).floor();
     let f = t - n;
-    let p =
-        1.0 + f * (std::f32::consts::LN_2 + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
+    let p = 1.0
+        + f * (std::f32::consts::LN_2
+            + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
     // SAFETY: n is a whole number in [-126, 127] after the clamp, so the conversion is exact;
     // the unchecked form compiles to one vector instruction where `as` would not.
     let e = unsafe { n.to_int_unchecked::<i32>() };
