@@ -257,10 +257,6 @@ struct StreamArgs {
     /// trade accuracy for compute.
     #[arg(long, default_value_t = 1.0)]
     max_reduction: f64,
-    /// Let LocalAgreement commit past a single word the last two hypotheses spell differently
-    /// when the words after it agree (taking the newer word).
-    #[arg(long)]
-    pass_substitutions: bool,
 }
 
 impl StreamArgs {
@@ -283,7 +279,6 @@ impl StreamArgs {
             fixed_reduction: self.reduction,
             reductions,
             speed,
-            pass_substitutions: self.pass_substitutions,
             ..Default::default()
         }
     }

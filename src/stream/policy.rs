@@ -1,12 +1,6 @@
 //! LocalAgreement-2 (Macháček et al., whisper_streaming, arXiv 2307.14743): a word becomes
 //! final once two consecutive hypotheses of the growing buffer agree on it (and on everything
 //! before it). Finals never change and are never repeated; the rest is a partial.
-//!
-//! With [`LocalAgreement::substitutions`] on, a single word on which the two hypotheses differ
-//! does not stop the agreement when the words after it agree ("the fireman came home" then
-//! "the firemen came home"): the newer word, decoded with more audio, is committed with them.
-//! Otherwise a word that flips between two spellings holds back everything after it until the
-//! utterance ends.
 
 /// A word with absolute times (seconds from the start of the stream).
 #[derive(Debug, Clone, PartialEq)]
@@ -30,24 +24,9 @@ pub struct LocalAgreement {
     in_buffer: usize,
     /// The uncommitted tail of the previous hypothesis.
     previous: Vec<Word>,
-    /// Agree past a one-word substitution confirmed by the words after it.
-    substitutions: bool,
-}
-
-/// Words after a one-word substitution that must agree for it to be passed.
-const SUBSTITUTION_CONFIRM: usize = 2;
-
-/// Whether `a` and `b` agree on `count` words from `at` (both long enough).
-fn agree_from(a: &[Word], b: &[Word], at: usize, count: usize) -> bool {
-    at + count <= a.len() && at + count <= b.len() && (at..at + count).all(|i| key(&a[i].text) == key(&b[i].text))
 }
 
 impl LocalAgreement {
-    /// A policy that agrees past one-word substitutions (see the module comment).
-    pub fn with_substitutions() -> Self {
-        Self { substitutions: true, ..Self::default() }
-    }
-
     pub fn committed(&self) -> &[Word] {
         &self.committed
     }
@@ -68,17 +47,7 @@ impl LocalAgreement {
     /// the partial is then [`Self::partial`].
     pub fn update(&mut self, hypothesis: Vec<Word>) -> Vec<Word> {
         let fresh = self.drop_already_committed(hypothesis);
-        let mut agreed = 0;
-        loop {
-            agreed += self.previous[agreed..].iter().zip(&fresh[agreed..]).take_while(|(a, b)| key(&a.text) == key(&b.text)).count();
-            // Stopped at a differing word (not at the end of either): pass it when the next
-            // words agree again.
-            let differs = agreed < self.previous.len().min(fresh.len());
-            if !(self.substitutions && differs && agree_from(&self.previous, &fresh, agreed + 1, SUBSTITUTION_CONFIRM)) {
-                break;
-            }
-            agreed += 1 + SUBSTITUTION_CONFIRM;
-        }
+        let agreed = self.previous.iter().zip(&fresh).take_while(|(a, b)| key(&a.text) == key(&b.text)).count();
         let newly: Vec<Word> = fresh[..agreed].to_vec();
         self.committed.extend(newly.iter().cloned());
         self.in_buffer += newly.len();
@@ -223,30 +192,6 @@ mod tests {
         let fin = p.update(words("the cat sat in the hat", 0.0));
         assert_eq!(texts(&fin), ["sat"]);
         assert_eq!(texts(p.partial()), ["in", "the", "hat"]);
-    }
-
-    #[test]
-    fn a_word_that_flips_holds_back_the_rest_unless_substitutions_are_passed() {
-        let mut strict = LocalAgreement::default();
-        let mut passing = LocalAgreement::with_substitutions();
-        for p in [&mut strict, &mut passing] {
-            p.update(words("the fireman came home at", 0.0));
-        }
-        assert_eq!(texts(&strict.update(words("the firemen came home at last", 0.0))), ["the"]);
-        // The newer spelling is committed, with the agreeing words after it.
-        assert_eq!(texts(&passing.update(words("the firemen came home at last", 0.0))), ["the", "firemen", "came", "home", "at"]);
-        assert_eq!(texts(passing.partial()), ["last"]);
-        // One agreeing word after the difference is not enough, nor is a difference at the end.
-        let mut p = LocalAgreement::with_substitutions();
-        p.update(words("a b c", 0.0));
-        assert_eq!(texts(&p.update(words("a x c", 0.0))), ["a"]);
-        let mut p = LocalAgreement::with_substitutions();
-        p.update(words("a b c d", 0.0));
-        assert_eq!(texts(&p.update(words("a b c e", 0.0))), ["a", "b", "c"]);
-        // Two substitutions in a row are two differences: not passed.
-        let mut p = LocalAgreement::with_substitutions();
-        p.update(words("a b c d e f", 0.0));
-        assert_eq!(texts(&p.update(words("a x y d e f", 0.0))), ["a"]);
     }
 
     #[test]

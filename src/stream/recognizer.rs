@@ -49,8 +49,6 @@ pub struct StreamOptions {
     pub context_s: f64,
     /// Playback speed of a replayed file (1 for a microphone): converts wall time to audio time.
     pub speed: f64,
-    /// LocalAgreement passes one-word substitutions (`policy` module).
-    pub pass_substitutions: bool,
 }
 
 impl Default for StreamOptions {
@@ -68,7 +66,6 @@ impl Default for StreamOptions {
             preroll_s: 0.4,
             context_s: 8.0,
             speed: 1.0,
-            pass_substitutions: false,
         }
     }
 }
@@ -392,8 +389,8 @@ pub fn run_recognizer(
         t,
         vad: Vad::new(opts.vad_hangover_s),
         controller,
-        policy: if opts.pass_substitutions { LocalAgreement::with_substitutions() } else { LocalAgreement::default() },
         opts,
+        policy: LocalAgreement::default(),
         buffer: AudioBuffer::default(),
         received: 0,
         since_step: 0,
