@@ -85,9 +85,9 @@ impl CodaConfig {
         }
     }
 
-    /// How many budget gates each adapter has (None: no gates).
-    pub fn gate_count(&self) -> Option<usize> {
-        self.budget_gates.then_some(self.reductions.len())
+    /// The trained r that get a budget gate each (None: no gates).
+    pub fn gated_reductions(&self) -> Option<&[f64]> {
+        self.budget_gates.then_some(self.reductions.as_slice())
     }
 }
 
@@ -258,8 +258,9 @@ pub struct Adapter {
     pub ln: Norm,
     pub down: Linear,
     pub up: Linear,
-    /// Budget gates [number of trained r, b], when the config has them.
-    pub gates: Option<Tensor>,
+    /// Budget gates [number of trained r, b] and the r they were trained for, when the config
+    /// has them.
+    pub gates: Option<(Tensor, Vec<f64>)>,
 }
 
 /// How much each trained r's gate counts at reduction `r`: all of it for a trained r, else
@@ -286,8 +287,8 @@ pub fn budget_weights(reductions: &[f64], r: f64) -> Vec<f32> {
 impl Adapter {
     /// Parameters under `prefix` of a var builder (a VarMap-backed one creates them: router
     /// small random, up-projection zero so a fresh adapter changes nothing).
-    /// `budgets`: how many trained r get a gate (none: no gates).
-    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize, budgets: Option<usize>) -> Result<Self> {
+    /// `budgets`: the trained r that get a gate each (none: no gates).
+    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize, budgets: Option<&[f64]>) -> Result<Self> {
         let router = vb.get_with_hints(d, "router", candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?;
         let ln = Norm::new(
             vb.pp("ln").get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
@@ -301,7 +302,10 @@ impl Adapter {
             vb.pp("up").get_with_hints((d, bottleneck), "weight", candle_nn::Init::Const(0.0))?,
             Some(vb.pp("up").get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?),
         );
-        let gates = budgets.map(|count| vb.get_with_hints((count, bottleneck), "gates", candle_nn::Init::Const(1.0))).transpose()?;
+        let gates = match budgets {
+            Some(rs) => Some((vb.get_with_hints((rs.len(), bottleneck), "gates", candle_nn::Init::Const(1.0))?, rs.to_vec())),
+            None => None,
+        };
         Ok(Self { router, ln, down, up, gates })
     }
 
@@ -309,11 +313,11 @@ impl Adapter {
         Ok(normalize_last_dim(x)?.broadcast_mul(&self.router)?.sum(D::Minus1)?)
     }
 
-    /// The adapter's output at reduction r (`reductions`: the r its gates were trained for).
-    pub fn light(&self, x: &Tensor, reductions: &[f64], r: f64) -> Result<Tensor> {
+    /// The adapter's output at reduction r.
+    pub fn light(&self, x: &Tensor, r: f64) -> Result<Tensor> {
         let h = self.down.forward(&self.ln.forward(x)?)?;
         let mut h = Gelu::Exact.apply(h)?;
-        if let Some(gates) = &self.gates {
+        if let Some((gates, reductions)) = &self.gates {
             let weights = Tensor::new(budget_weights(reductions, r), gates.device())?.to_dtype(gates.dtype())?.unsqueeze(0)?;
             h = h.broadcast_mul(&weights.matmul(gates)?.squeeze(0)?.to_dtype(h.dtype())?)?;
         }
@@ -330,8 +334,6 @@ pub struct CodaLayer {
     pub iterations: usize,
     pub bottleneck: usize,
     pub routing: Routing,
-    /// The r the budget gates were trained for.
-    pub reductions: Vec<f64>,
 }
 
 impl CodaLayer {
@@ -362,7 +364,7 @@ impl CodaLayer {
             let flops = batch as f64 * layer_flops(n, self.dense.d, self.dense.ffn);
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
         }
-        let light = (x + self.adapter.light(x, &self.reductions, opts.reduction)?)?;
+        let light = (x + self.adapter.light(x, opts.reduction)?)?;
         if self.routing == Routing::Grid {
             // Data-independent, so the same on every device.
             let flops = flops - batch as f64 * 2.0 * n as f64 * self.dense.d as f64; // no router
@@ -441,7 +443,7 @@ impl CodaWeights {
         {
             let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
             for &l in &config.layers {
-                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gate_count())?;
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions())?;
             }
         }
         Ok(Self { config, vars })
@@ -464,7 +466,7 @@ impl CodaWeights {
                 .transpose()?
                 .context("adapter weights have no router for the first adapted layer")?;
             for &l in &config.layers {
-                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gate_count())?;
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions())?;
             }
         }
         let mut vars = vars;
@@ -499,7 +501,8 @@ impl CodaWeights {
             .iter()
             .map(|&l| {
                 ensure!(l < dense.len(), "CoDA layer {l} but the encoder has {} layers", dense.len());
-                let adapter = Adapter::load(vb.pp(format!("layers.{l}")), dense[l].d, self.config.bottleneck, self.config.gate_count())?;
+                let adapter =
+                    Adapter::load(vb.pp(format!("layers.{l}")), dense[l].d, self.config.bottleneck, self.config.gated_reductions())?;
                 Ok((
                     l,
                     CodaLayer {
@@ -509,7 +512,6 @@ impl CodaWeights {
                         iterations: self.config.iterations,
                         bottleneck: self.config.bottleneck,
                         routing: self.config.routing,
-                        reductions: self.config.reductions.clone(),
                     },
                 ))
             })
