@@ -64,6 +64,11 @@ pub struct TranscribeOptions {
     /// and kept as far as greedy decoding picks them, so the output is the same as without a
     /// draft; only the part that changed is decoded token by token.
     pub draft: Vec<u32>,
+    /// Stop decoding a window after 10 + this many tokens per second of its audio, and mark
+    /// the transcript [`Transcript::hit_token_limit`] (read speech takes 3–4 tokens a second
+    /// with timestamps). A short streaming buffer that sends greedy decoding into a loop
+    /// otherwise runs to 224 tokens, a second or more of compute, before anyone can reject it.
+    pub max_tokens_per_second: Option<f64>,
 }
 
 impl Default for TranscribeOptions {
@@ -83,6 +88,7 @@ impl Default for TranscribeOptions {
             seed: 0,
             audio_ctx: false,
             silence_cache: true,
+            max_tokens_per_second: None,
             draft: Vec::new(),
         }
     }
@@ -133,6 +139,8 @@ pub struct Transcript {
     /// [`TranscribeOptions::draft`]).
     #[serde(skip)]
     pub first_window_tokens: Vec<u32>,
+    /// Some window stopped at the [`TranscribeOptions::max_tokens_per_second`] limit.
+    pub hit_token_limit: bool,
 }
 
 /// How tokens after the prompt are run: the allocation-free CPU path, or candle tensors
@@ -160,6 +168,8 @@ struct DecodeResult {
     no_speech_prob: f64,
     compression_ratio: f64,
     temperature: f32,
+    /// Stopped by the per-second token limit, not by end-of-text.
+    hit_token_limit: bool,
 }
 
 /// The ratio openai uses to spot repetition loops: text bytes / zlib-compressed bytes.
@@ -294,9 +304,11 @@ impl<'m> Transcriber<'m> {
         let mut segments: Vec<Segment> = Vec::new();
         let mut seek = 0usize;
         let mut first_window_tokens = Vec::new();
+        let mut hit_token_limit = false;
         while seek < content_frames {
             let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let segment_size = CHUNK_FRAMES.min(content_frames - seek);
+            let window_seconds = (segment_size * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let (features, stats) = self.encode_segment(&mel, seek, segment_size, opts)?;
             timings.encoder_ms += stats.ms;
             accumulate(&mut encoder_total, &stats);
@@ -315,7 +327,8 @@ impl<'m> Transcriber<'m> {
             let draft: &[u32] = if seek == 0 { &opts.draft } else { &[] };
             let padding =
                 (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
-            let mut result = self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens)?;
+            let mut result =
+                self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens, window_seconds)?;
             timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
 
             let is_silent = |r: &DecodeResult| {
@@ -337,7 +350,8 @@ impl<'m> Transcriber<'m> {
                 timings.encoder_ms += stats.ms;
                 accumulate(&mut encoder_total, &stats);
                 let t_dec = Instant::now();
-                result = self.decode_with_fallback(&features, None, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens)?;
+                result =
+                    self.decode_with_fallback(&features, None, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens, window_seconds)?;
                 timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
             }
             if is_silent(&result) {
@@ -349,6 +363,7 @@ impl<'m> Transcriber<'m> {
             if seek == 0 {
                 first_window_tokens = result.tokens.clone();
             }
+            hit_token_limit |= result.hit_token_limit;
             let previous_seek = seek;
             let tokens = &result.tokens;
             let is_ts: Vec<bool> = tokens.iter().map(|&t| tok.is_timestamp(t)).collect();
@@ -423,6 +438,7 @@ impl<'m> Transcriber<'m> {
             timings,
             encoder: encoder_total,
             first_window_tokens,
+            hit_token_limit,
         })
     }
 
@@ -432,7 +448,8 @@ impl<'m> Transcriber<'m> {
         let opts = TranscribeOptions { without_timestamps: true, temperatures: vec![0.0], ..Default::default() };
         let mut rng = Rng::new(0);
         let mut count = 0;
-        let result = self.decode_with_fallback(features, None, &[], &[], "en", &opts, &mut rng, &mut count)?;
+        // No token limit is set, so the window's length does not matter.
+        let result = self.decode_with_fallback(features, None, &[], &[], "en", &opts, &mut rng, &mut count, 30.0)?;
         Ok((self.sot_sequence("en", &opts)?, result.tokens))
     }
 
@@ -484,6 +501,7 @@ impl<'m> Transcriber<'m> {
         opts: &TranscribeOptions,
         rng: &mut Rng,
         token_count: &mut usize,
+        audio_seconds: f64,
     ) -> Result<DecodeResult> {
         let tok = &self.model.tokenizer;
         let dec = &self.model.decoder;
@@ -532,11 +550,22 @@ impl<'m> Transcriber<'m> {
                 (None, Some(s)) => s.clone(),
                 (None, None) => stepper.insert(self.stepper(state.clone())?).clone(),
             };
-            let result =
-                self.sample(start, draft, first_logits.clone(), initial.len(), temperature, opts, rng, token_count, features.dim(1)?)?;
+            let result = self.sample(
+                start,
+                draft,
+                first_logits.clone(),
+                initial.len(),
+                temperature,
+                opts,
+                rng,
+                token_count,
+                features.dim(1)?,
+                audio_seconds,
+            )?;
             let mut result = DecodeResult { no_speech_prob, ..result };
             result.compression_ratio = compression_ratio(&result.text);
-            let too_repetitive = opts.compression_ratio_threshold.is_some_and(|cr| result.compression_ratio > cr as f64);
+            let too_repetitive =
+                result.hit_token_limit || opts.compression_ratio_threshold.is_some_and(|cr| result.compression_ratio > cr as f64);
             let too_unlikely = opts.logprob_threshold.is_some_and(|lp| result.avg_logprob < lp as f64);
             // Silence: the caller skips this window, no retry needed.
             let silent = too_unlikely && opts.no_speech_threshold.is_some_and(|ns| result.no_speech_prob > ns as f64);
@@ -610,6 +639,7 @@ impl<'m> Transcriber<'m> {
         rng: &mut Rng,
         token_count: &mut usize,
         audio_frames: usize,
+        audio_seconds: f64,
     ) -> Result<DecodeResult> {
         let tok = &self.model.tokenizer;
         let dec = &self.model.decoder;
@@ -620,6 +650,10 @@ impl<'m> Transcriber<'m> {
             // 20 ms.
             let seconds = audio_frames as f64 * 0.02;
             sample_len = sample_len.min(10 + (6.0 * seconds).ceil() as usize);
+        }
+        let token_limit = opts.max_tokens_per_second.map(|rate| 10 + (rate * audio_seconds).ceil() as usize);
+        if let Some(limit) = token_limit {
+            sample_len = sample_len.min(limit);
         }
         let mut generated: Vec<u32> = Vec::new();
         let mut sum_logprob = 0f64;
@@ -660,7 +694,8 @@ impl<'m> Transcriber<'m> {
         }
         let avg_logprob = sum_logprob / (generated.len() + 1) as f64;
         let text = tok.decode_text(&generated)?;
-        Ok(DecodeResult { tokens: generated, text, avg_logprob, no_speech_prob: 0.0, compression_ratio: 0.0, temperature })
+        let hit_token_limit = token_limit.is_some_and(|limit| generated.len() >= limit);
+        Ok(DecodeResult { tokens: generated, text, avg_logprob, no_speech_prob: 0.0, compression_ratio: 0.0, temperature, hit_token_limit })
     }
 
     /// openai's logit filters: SuppressBlank, SuppressTokens and the timestamp rules.

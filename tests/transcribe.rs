@@ -104,3 +104,22 @@ fn a_draft_changes_the_work_not_the_transcript() {
         assert_eq!(with_draft.first_window_tokens, plain.first_window_tokens);
     }
 }
+
+#[test]
+fn the_token_limit_stops_a_window_and_says_so() {
+    // 10 tokens plus `rate` a second: the quick-start clip (9.7 s, ~35 tokens) fits under 6 a
+    // second and is cut short under 1.
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let t = Transcriber::new(common::tiny_en());
+    let greedy = TranscribeOptions { temperatures: vec![0.0], ..Default::default() };
+    let plain = t.transcribe(&audio, &greedy, &mut |_| {}).unwrap();
+    assert!(!plain.hit_token_limit);
+    let roomy = t.transcribe(&audio, &TranscribeOptions { max_tokens_per_second: Some(6.0), ..greedy.clone() }, &mut |_| {}).unwrap();
+    assert!(!roomy.hit_token_limit);
+    assert_eq!(roomy.text, plain.text);
+    let tight = t.transcribe(&audio, &TranscribeOptions { max_tokens_per_second: Some(1.0), ..greedy }, &mut |_| {}).unwrap();
+    assert!(tight.hit_token_limit);
+    assert!(tight.first_window_tokens.len() <= 10 + 10, "{} tokens", tight.first_window_tokens.len());
+    assert!(plain.first_window_tokens.len() > 20 + 1);
+}

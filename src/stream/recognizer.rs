@@ -28,6 +28,9 @@ const RATE: f64 = 16_000.0;
 const WORD_CUT_AFTER_S: f64 = 6.0;
 /// How far before the estimated end of the final words that fallback cut is made.
 const WORD_CUT_MARGIN_S: f64 = 1.0;
+/// Decoding of a step stops past 10 + this many tokens per second of buffer: fast speech
+/// stays under 5 (timestamps included), a loop on a short buffer does not.
+const MAX_TOKENS_PER_SECOND: f64 = 6.0;
 
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -188,6 +191,7 @@ impl State<'_> {
             encode: EncodeOptions { reduction: r },
             // Keep a step's cost predictable: one greedy pass, no sampling retries.
             temperatures: vec![0.0],
+            max_tokens_per_second: Some(MAX_TOKENS_PER_SECOND),
             draft: match &self.draft {
                 Some((tokens, start)) if *start == self.buffer.start() => tokens.clone(),
                 _ => Vec::new(),
@@ -223,7 +227,7 @@ impl State<'_> {
         self.stats.step_compute_ms = compute * 1e3;
         self.stats.compute_total_s += compute;
         // A repetition loop (greedy decoding's failure mode) is not a hypothesis: keep the last.
-        if tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
+        if tr.hit_token_limit || tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
             self.last_segment = None;
             self.draft = None;
             self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
