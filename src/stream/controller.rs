@@ -1,5 +1,21 @@
 //! Real-time budget controller: picks the CoDA reduction factor r for the next step so that
 //! compute time / audio time stays under the budget.
+//!
+//! A step's compute is the encoder's plus everything else (mel, decoder), and only the encoder
+//! depends on r. The controller keeps both loads (compute / audio, exponential averages) and
+//! predicts the load at every r from a cost model of the encoder: a fixed part (conv stem,
+//! dense layer 0, padding) plus a part that scales as 1 / r (the conditional layers). It then
+//! takes the most accurate r predicted to fit. Stepping one r at a time and lowering r only
+//! with half the budget unused, as before, left it at the largest r: the decoder, not the
+//! encoder, holds most of the load, so no single step down ever looked safe.
+
+/// Share of the encoder's time that does not depend on r (encoder bench, README: dense with
+/// silence caching 128 ms, r = 2 / 3 / 4 91 / 81 / 87 ms on one window).
+const ENCODER_FIXED_SHARE: f64 = 0.5;
+/// A lower r must be predicted to fit this far inside the budget (no flapping at the edge).
+const STEP_DOWN_MARGIN: f64 = 0.9;
+/// Weight of the newest step in the load averages.
+const SMOOTHING: f64 = 0.3;
 
 #[derive(Debug, Clone)]
 pub struct BudgetController {
@@ -7,11 +23,18 @@ pub struct BudgetController {
     choices: Vec<f64>,
     index: usize,
     pub budget: f64,
-    /// Exponential average of compute / audio per step.
+    /// Exponential average of compute / audio per step (what the monitor shows).
     pub load: f64,
+    /// The same for the encoder alone, at the r it ran with.
+    encoder_load: f64,
     /// A fixed r chosen by the user (None = automatic).
     pub fixed: Option<f64>,
     adaptive: bool,
+}
+
+/// Encoder cost at reduction r relative to the dense encoder.
+fn encoder_cost(r: f64) -> f64 {
+    ENCODER_FIXED_SHARE + (1.0 - ENCODER_FIXED_SHARE) / r.max(1.0)
 }
 
 impl BudgetController {
@@ -24,7 +47,7 @@ impl BudgetController {
             choices.push(1.0);
         }
         let index = choices.iter().position(|&r| r >= start).unwrap_or(choices.len() - 1);
-        Self { choices, index, budget, load: 0.0, fixed: None, adaptive }
+        Self { choices, index, budget, load: 0.0, encoder_load: 0.0, fixed: None, adaptive }
     }
 
     pub fn can_adapt(&self) -> bool {
@@ -35,17 +58,36 @@ impl BudgetController {
         self.fixed.unwrap_or(self.choices[self.index])
     }
 
-    /// Record one step (compute seconds for `audio_s` seconds of new audio) and choose r.
-    pub fn observe(&mut self, compute_s: f64, audio_s: f64) -> f64 {
-        let ratio = compute_s / audio_s.max(1e-3);
-        self.load = if self.load == 0.0 { ratio } else { 0.7 * self.load + 0.3 * ratio };
+    /// Predicted compute / audio at reduction `r`, from the loads measured at the current r.
+    pub fn predicted_load(&self, r: f64) -> f64 {
+        let other = (self.load - self.encoder_load).max(0.0);
+        other + self.encoder_load * encoder_cost(r) / encoder_cost(self.reduction())
+    }
+
+    /// Record one step (`compute_s` seconds in all, `encoder_s` of them in the encoder, for
+    /// `audio_s` seconds of new audio) and choose r for the next one.
+    pub fn observe(&mut self, compute_s: f64, encoder_s: f64, audio_s: f64) -> f64 {
+        let audio_s = audio_s.max(1e-3);
+        let (ratio, encoder_ratio) = (compute_s / audio_s, encoder_s.min(compute_s) / audio_s);
+        if self.load == 0.0 {
+            (self.load, self.encoder_load) = (ratio, encoder_ratio);
+        } else {
+            self.load += SMOOTHING * (ratio - self.load);
+            self.encoder_load += SMOOTHING * (encoder_ratio - self.encoder_load);
+        }
         if self.adaptive && self.fixed.is_none() {
-            if self.load > self.budget && self.index + 1 < self.choices.len() {
-                // Falling behind: cheaper encoder.
-                self.index += 1;
-            } else if self.load < 0.5 * self.budget && self.index > 0 {
-                // Plenty of room: more accurate encoder.
-                self.index -= 1;
+            let fits = |i: usize| {
+                let margin = if i < self.index { STEP_DOWN_MARGIN } else { 1.0 };
+                self.predicted_load(self.choices[i]) <= margin * self.budget
+            };
+            let next = (0..self.choices.len()).find(|&i| fits(i)).unwrap_or(self.choices.len() - 1);
+            if next != self.index {
+                // The averages describe the old r: rescale the encoder's to the new one.
+                let old = self.reduction();
+                self.index = next;
+                let scaled = self.encoder_load * encoder_cost(self.reduction()) / encoder_cost(old);
+                self.load += scaled - self.encoder_load;
+                self.encoder_load = scaled;
             }
         }
         self.reduction()
@@ -61,20 +103,50 @@ mod tests {
         let mut c = BudgetController::new(vec![2.0, 4.0, 8.0], 0.5, 2.0);
         assert_eq!(c.reduction(), 2.0);
         for _ in 0..5 {
-            c.observe(0.9, 1.0);
+            c.observe(0.9, 0.6, 1.0);
         }
         assert_eq!(c.reduction(), 8.0);
         for _ in 0..10 {
-            c.observe(0.05, 1.0);
+            c.observe(0.05, 0.03, 1.0);
         }
         assert_eq!(c.reduction(), 2.0);
+    }
+
+    #[test]
+    fn takes_the_most_accurate_r_that_fits() {
+        // 0.3 of the load is the decoder's; the encoder's 0.3 at r = 2 (cost 0.75 of dense)
+        // becomes 0.267 at r = 3 (0.667) and 0.25 at r = 4 (0.625): r = 3 is the first to fit
+        // a 0.57 budget.
+        let mut c = BudgetController::new(vec![2.0, 3.0, 4.0], 0.57, 2.0);
+        c.observe(0.6, 0.3, 1.0);
+        assert_eq!(c.reduction(), 3.0);
+        assert!((c.predicted_load(4.0) - 0.55).abs() < 1e-9);
+        // Steady at r = 3 (0.55 measured): r = 2 is predicted at 0.58, not within the margin.
+        for _ in 0..20 {
+            c.observe(0.55, 0.25, 1.0);
+        }
+        assert_eq!(c.reduction(), 3.0);
+        // The decoder gets cheaper (shorter hypotheses): r = 2 fits again.
+        for _ in 0..20 {
+            c.observe(0.35, 0.25, 1.0);
+        }
+        assert_eq!(c.reduction(), 2.0);
+    }
+
+    #[test]
+    fn a_fixed_r_is_kept() {
+        let mut c = BudgetController::new(vec![2.0, 4.0, 8.0], 0.5, 2.0);
+        c.fixed = Some(4.0);
+        for _ in 0..5 {
+            assert_eq!(c.observe(2.0, 1.0, 1.0), 4.0);
+        }
     }
 
     #[test]
     fn without_coda_it_cannot_adapt() {
         let mut c = BudgetController::new(vec![], 0.5, 4.0);
         assert!(!c.can_adapt());
-        c.observe(2.0, 1.0);
+        c.observe(2.0, 1.0, 1.0);
         assert_eq!(c.reduction(), 1.0);
     }
 }

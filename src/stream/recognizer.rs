@@ -230,7 +230,7 @@ impl State<'_> {
         if tr.hit_token_limit || tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
             self.last_segment = None;
             self.draft = None;
-            self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
+            self.controller.observe(compute, tr.timings.encoder_ms / 1e3, step_audio.max(self.opts.step_s * 0.5));
             return Ok(());
         }
         let hypothesis_words = words.len();
@@ -242,7 +242,7 @@ impl State<'_> {
         self.cut = segment_cut(&segment_words, hypothesis_words - self.policy.partial().len());
         self.emit_finals(finals);
         self.emit_partial();
-        self.controller.observe(compute, step_audio.max(self.opts.step_s * 0.5));
+        self.controller.observe(compute, tr.timings.encoder_ms / 1e3, step_audio.max(self.opts.step_s * 0.5));
         self.stats.heavy_fraction = tr.encoder.heavy_fraction();
         self.stats.flops_saved_pct =
             if tr.encoder.dense_flops > 0.0 { 100.0 * (1.0 - tr.encoder.flops / tr.encoder.dense_flops) } else { 0.0 };
