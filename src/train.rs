@@ -149,6 +149,8 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         "pad_weight": opts.pad_weight, "max_minutes": opts.max_minutes,
         "max_steps": (opts.max_steps != usize::MAX).then_some(opts.max_steps),
         "clip_seconds": [opts.min_seconds, opts.max_seconds],
+        // What r was drawn from; a resumed run may draw from fewer r than have gates.
+        "sampled_reductions": opts.reductions,
         "resumed_from": resumed_from,
     });
     let student_layers = {
