@@ -302,10 +302,11 @@ fn a_short_training_run_lowers_the_loss() {
 }
 
 /// On these 18 clips (180 words) the dense encoder scores 14.4 % (silence caching), the shipped
-/// grid-routed adapters with budget gates 14.4 % at r = 2 and 22.2 % at r = 4 (the previous,
-/// ungated grid adapters 13.9 % and 20.6 %, though worse on all of dev.tsv; learned top-k
-/// adapters 23.3 % and 32.2 %; fresh top-k adapters over 90 %).
-const SHIPPED_R4_WER_BOUND: f64 = 24.0;
+/// grid-routed adapters with budget gates 13.9 % at r = 2 and 19.4 % at r = 4 (their first 55
+/// minutes of training alone 14.4 % and 22.2 %; the ungated grid adapters 13.9 % and 20.6 %,
+/// though worse on all of dev.tsv; learned top-k adapters 23.3 % and 32.2 %; fresh top-k
+/// adapters over 90 %).
+const SHIPPED_R4_WER_BOUND: f64 = 22.0;
 
 #[test]
 fn shipped_adapters_load_and_keep_wer_at_r4_on_short_clips() {
