@@ -172,6 +172,12 @@ struct DecodeResult {
     hit_token_limit: bool,
 }
 
+/// Tokens a window of `seconds` may take at `per_second`, plus slack for a short window's
+/// timestamps and punctuation.
+fn token_allowance(per_second: f64, seconds: f64) -> usize {
+    10 + (per_second * seconds).ceil() as usize
+}
+
 /// The ratio openai uses to spot repetition loops: text bytes / zlib-compressed bytes.
 pub fn compression_ratio(text: &str) -> f64 {
     if text.is_empty() {
@@ -648,10 +654,9 @@ impl<'m> Transcriber<'m> {
             // Length guard for the audio_ctx baseline: ~6 tokens a second of audio plus slack
             // (read speech runs at 3–4 tokens a second with timestamps). Each encoder frame is
             // 20 ms.
-            let seconds = audio_frames as f64 * 0.02;
-            sample_len = sample_len.min(10 + (6.0 * seconds).ceil() as usize);
+            sample_len = sample_len.min(token_allowance(6.0, audio_frames as f64 * 0.02));
         }
-        let token_limit = opts.max_tokens_per_second.map(|rate| 10 + (rate * audio_seconds).ceil() as usize);
+        let token_limit = opts.max_tokens_per_second.map(|rate| token_allowance(rate, audio_seconds));
         if let Some(limit) = token_limit {
             sample_len = sample_len.min(limit);
         }
