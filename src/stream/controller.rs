@@ -26,8 +26,10 @@ pub struct BudgetController {
     pub budget: f64,
     /// Exponential average of compute / audio per step (what the monitor shows).
     pub load: f64,
-    /// The same for the encoder alone, at the r it ran with.
+    /// The same for the encoder alone.
     encoder_load: f64,
+    /// The r both averages describe: the one the last step ran with.
+    measured_at: f64,
     /// A fixed r chosen by the user (None = automatic).
     pub fixed: Option<f64>,
     adaptive: bool,
@@ -48,7 +50,7 @@ impl BudgetController {
             choices.push(1.0);
         }
         let index = choices.iter().position(|&r| r >= start).unwrap_or(choices.len() - 1);
-        Self { choices, index, budget, load: 0.0, encoder_load: 0.0, fixed: None, adaptive }
+        Self { choices, index, budget, load: 0.0, encoder_load: 0.0, measured_at: 1.0, fixed: None, adaptive }
     }
 
     pub fn can_adapt(&self) -> bool {
@@ -59,10 +61,10 @@ impl BudgetController {
         self.fixed.unwrap_or(self.choices[self.index])
     }
 
-    /// Predicted compute / audio at reduction `r`, from the loads measured at the current r.
+    /// Predicted compute / audio at reduction `r`, from the loads measured so far.
     pub fn predicted_load(&self, r: f64) -> f64 {
         let other = (self.load - self.encoder_load).max(0.0);
-        other + self.encoder_load * encoder_cost(r) / encoder_cost(self.reduction())
+        other + self.encoder_load * encoder_cost(r) / encoder_cost(self.measured_at)
     }
 
     /// Record one step (`compute_s` seconds in all, `encoder_s` of them in the encoder, for
@@ -70,26 +72,24 @@ impl BudgetController {
     pub fn observe(&mut self, compute_s: f64, encoder_s: f64, audio_s: f64) -> f64 {
         let audio_s = audio_s.max(1e-3);
         let (ratio, encoder_ratio) = (compute_s / audio_s, encoder_s.min(compute_s) / audio_s);
+        let ran = self.reduction();
         if self.load == 0.0 {
             (self.load, self.encoder_load) = (ratio, encoder_ratio);
         } else {
+            // The averages describe the previous step's r: bring them to this step's first.
+            let scaled = self.encoder_load * encoder_cost(ran) / encoder_cost(self.measured_at);
+            self.load += scaled - self.encoder_load;
+            self.encoder_load = scaled;
             self.load += SMOOTHING * (ratio - self.load);
             self.encoder_load += SMOOTHING * (encoder_ratio - self.encoder_load);
         }
+        self.measured_at = ran;
         if self.adaptive && self.fixed.is_none() {
             let fits = |i: usize| {
                 let margin = if i < self.index { STEP_DOWN_MARGIN } else { 1.0 };
                 self.predicted_load(self.choices[i]) <= margin * self.budget
             };
-            let next = (0..self.choices.len()).find(|&i| fits(i)).unwrap_or(self.choices.len() - 1);
-            if next != self.index {
-                // The averages describe the old r: rescale the encoder's to the new one.
-                let old = self.reduction();
-                self.index = next;
-                let scaled = self.encoder_load * encoder_cost(self.reduction()) / encoder_cost(old);
-                self.load += scaled - self.encoder_load;
-                self.encoder_load = scaled;
-            }
+            self.index = (0..self.choices.len()).find(|&i| fits(i)).unwrap_or(self.choices.len() - 1);
         }
         self.reduction()
     }
@@ -141,6 +141,25 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(c.observe(2.0, 1.0, 1.0), 4.0);
         }
+    }
+
+    #[test]
+    fn loads_measured_at_a_fixed_r_carry_over_to_automatic() {
+        // Measured at a fixed r = 8, then back to automatic: the prediction for r = 2 comes
+        // from r = 8's encoder time scaled up, not read as if it had been measured at r = 2.
+        let mut c = BudgetController::new(vec![1.0, 2.0, 8.0], 0.5, 1.0);
+        c.fixed = Some(8.0);
+        for _ in 0..30 {
+            c.observe(0.45, 0.25, 1.0);
+        }
+        c.fixed = None;
+        let at_2 = 0.2 + 0.25 * encoder_cost(2.0) / encoder_cost(8.0);
+        assert!((c.predicted_load(2.0) - at_2).abs() < 1e-6, "{}", c.predicted_load(2.0));
+        assert!(at_2 > 0.5);
+        // The next step runs dense (where automatic mode left off) and costs what the model
+        // says; r = 8 is the only r that fits.
+        let dense = 0.25 / encoder_cost(8.0);
+        assert_eq!(c.observe(0.2 + dense, dense, 1.0), 8.0);
     }
 
     #[test]
