@@ -207,6 +207,9 @@ pub struct Transcriber<'m> {
     /// Decoder cross K/V of the silence table's padding windows, by grid point (see
     /// [`crate::model::Decoder::cross_padded`]); at most [`PADDING_CROSS_POINTS`] are kept.
     padding_cross: Mutex<HashMap<i32, CrossKeyValues>>,
+    /// The last blend of those for a level (its f32 bits): a stream's level stays the same
+    /// from step to step, and blending a whole window's K/V costs as much as a short decode.
+    padding_blend: Mutex<Option<(u32, CrossKeyValues)>>,
 }
 
 /// A stream needs two neighbouring grid points, a batch of clips of different loudness a few
@@ -243,6 +246,7 @@ impl<'m> Transcriber<'m> {
             suppress,
             suppress_begin,
             padding_cross: Mutex::new(HashMap::new()),
+            padding_blend: Mutex::new(None),
         }
     }
 
@@ -599,12 +603,24 @@ impl<'m> Transcriber<'m> {
     fn decoder_state(&self, features: &Tensor, padding: Option<Padding>) -> Result<DecoderState> {
         let dec = &self.model.decoder;
         let Some(padding) = padding else { return dec.start(features) };
-        let points = silence::blend(padding.level)
+        let blended = self.padding_cross_at(padding.level)?;
+        Ok(dec.start_from(dec.cross_padded(features, padding.audio_frames, &blended)?))
+    }
+
+    /// Cross K/V of a whole padding window at `level`, blended from the grid points around it.
+    fn padding_cross_at(&self, level: f32) -> Result<CrossKeyValues> {
+        if let Some((bits, kv)) = &*self.padding_blend.lock().expect("padding blend lock") {
+            if *bits == level.to_bits() {
+                return Ok(kv.clone());
+            }
+        }
+        let points = silence::blend(level)
             .into_iter()
             .map(|(index, weight)| Ok((self.padding_cross_point(index)?, weight)))
             .collect::<Result<Vec<_>>>()?;
-        let points: Vec<(&CrossKeyValues, f64)> = points.iter().map(|(c, w)| (c, *w)).collect();
-        Ok(dec.start_from(dec.cross_padded(features, padding.audio_frames, &points)?))
+        let blended = CrossKeyValues::weighted_sum(&points)?;
+        *self.padding_blend.lock().expect("padding blend lock") = Some((level.to_bits(), blended.clone()));
+        Ok(blended)
     }
 
     fn padding_cross_point(&self, index: i32) -> Result<CrossKeyValues> {

@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use coda_asr::eval::{read_manifest, run};
 use coda_asr::mel::{MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH};
 use coda_asr::model::silence::{SilenceCache, GRID_STEP};
+use coda_asr::model::CrossKeyValues;
 use coda_asr::transcribe::{TranscribeOptions, Transcriber};
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
@@ -98,8 +99,8 @@ fn padding_cross_attention_keys_are_blended_from_the_table_exactly() {
         .map(|(i, w)| (model.decoder.cross(&model.encoder.silence.grid_point(&model.encoder, i).unwrap()).unwrap(), w))
         .collect();
     assert_eq!(points.len(), 2, "the clip's level {} lies between grid points", mel.silence);
-    let points: Vec<_> = points.iter().map(|(c, w)| (c, *w)).collect();
-    let blended = model.decoder.cross_padded(&features, stats.encoded_frames, &points).unwrap();
+    let padding = CrossKeyValues::weighted_sum(&points).unwrap();
+    let blended = model.decoder.cross_padded(&features, stats.encoded_frames, &padding).unwrap();
     let projected = model.decoder.cross(&features).unwrap();
     for layer in 0..4 {
         let (k, v) = blended.layer(layer);

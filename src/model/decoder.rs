@@ -3,7 +3,7 @@
 
 use super::config::WhisperConfig;
 use super::layers::{attention, causal_mask, fused_linear, layer_norm, linear, merge_heads, split_heads, Mlp, Norm};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -33,6 +33,20 @@ impl CrossKeyValues {
     /// Keys and values of one layer, [batch, heads, frames, dh] each.
     pub fn layer(&self, i: usize) -> (&Tensor, &Tensor) {
         (&self.0[i].k, &self.0[i].v)
+    }
+
+    /// Σ weight · K/V over padding windows (a [`super::silence::blend`] of grid points). The
+    /// projections are affine and the weights sum to one, so this is the K/V of the blended
+    /// window.
+    pub fn weighted_sum(parts: &[(CrossKeyValues, f64)]) -> Result<Self> {
+        let first = &parts.first().context("an empty blend")?.0;
+        let layer = |i: usize, pick: fn(&KeyValues) -> &Tensor| {
+            super::silence::weighted_sum(parts.iter().map(|(p, w)| Ok((pick(&p.0[i]).clone(), *w))))
+        };
+        let layers = (0..first.0.len())
+            .map(|i| Ok(KeyValues { k: layer(i, |kv| &kv.k)?, v: layer(i, |kv| &kv.v)? }))
+            .collect::<Result<_>>()?;
+        Ok(Self(layers))
     }
 }
 
@@ -112,24 +126,23 @@ impl Decoder {
         Ok(CrossKeyValues(layers))
     }
 
-    /// Cross K/V of a window [1, frames, d] whose frames from `audio_frames` on are a blend of
-    /// padding windows (silence caching): projected for the audio frames only, and blended
-    /// with the same weights from the padding windows' own K/V for the rest. The projections
-    /// are affine and the weights sum to one, so this equals [`Decoder::cross`] of the window.
-    pub fn cross_padded(&self, window: &Tensor, audio_frames: usize, padding: &[(&CrossKeyValues, f64)]) -> Result<CrossKeyValues> {
+    /// Cross K/V of a window [1, frames, d] whose frames from `audio_frames` on are padding
+    /// (silence caching): projected for the audio frames only, the rest taken from `padding`,
+    /// the K/V of a whole padding window at the same level (see [`CrossKeyValues::weighted_sum`]).
+    pub fn cross_padded(&self, window: &Tensor, audio_frames: usize, padding: &CrossKeyValues) -> Result<CrossKeyValues> {
         let frames = window.dim(1)?;
-        ensure!(audio_frames < frames && !padding.is_empty(), "no padding to blend");
+        ensure!(audio_frames < frames, "no padding after {audio_frames} of {frames} frames");
         let audio = self.cross(&window.narrow(1, 0, audio_frames)?)?;
         let n = frames - audio_frames;
-        let blend = |layer: usize, pick: fn(&KeyValues) -> &Tensor| -> Result<Tensor> {
-            super::silence::weighted_sum(padding.iter().map(|(p, w)| Ok((pick(&p.0[layer]).narrow(2, audio_frames, n)?, *w))))
-        };
         let layers = audio
             .0
             .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                Ok(KeyValues { k: Tensor::cat(&[&a.k, &blend(i, |kv| &kv.k)?], 2)?, v: Tensor::cat(&[&a.v, &blend(i, |kv| &kv.v)?], 2)? })
+            .zip(&padding.0)
+            .map(|(a, p)| {
+                Ok(KeyValues {
+                    k: Tensor::cat(&[&a.k, &p.k.narrow(2, audio_frames, n)?], 2)?,
+                    v: Tensor::cat(&[&a.v, &p.v.narrow(2, audio_frames, n)?], 2)?,
+                })
             })
             .collect::<Result<_>>()?;
         Ok(CrossKeyValues(layers))

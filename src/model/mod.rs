@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 use std::path::{Path, PathBuf};
 
 pub use config::WhisperConfig;
-pub use decoder::{Decoder, DecoderState};
+pub use decoder::{CrossKeyValues, Decoder, DecoderState};
 pub use encoder::{EncodeOptions, EncodeStats, Encoder, EncoderBlock};
 pub use tokens::WhisperTokenizer;
 
