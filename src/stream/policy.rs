@@ -15,6 +15,16 @@ fn key(w: &str) -> String {
     w.chars().filter(|c| c.is_alphanumeric() || *c == '\'').flat_map(char::to_lowercase).collect()
 }
 
+/// Leading final words a hypothesis may leave out when it hears them again: the buffer cut
+/// can fall a little after where word-time estimates put it, and Whisper sometimes drops the
+/// first word of a buffer. One less than this may come before them in the hypothesis: a word
+/// cut in two at the buffer start is heard as something else ("azure" as "are your").
+const SKIPPABLE_WORDS: usize = 3;
+/// Hypotheses rejected in a row before one is taken anyway: a reading that consistently
+/// differs from the final words (say "1848" for "eighteen forty-eight") must not stall the
+/// stream.
+const MAX_REJECTED_IN_A_ROW: usize = 2;
+
 #[derive(Debug, Default)]
 pub struct LocalAgreement {
     /// Every word made final so far.
@@ -24,6 +34,8 @@ pub struct LocalAgreement {
     in_buffer: usize,
     /// The uncommitted tail of the previous hypothesis.
     previous: Vec<Word>,
+    /// Hypotheses rejected since the last accepted one.
+    rejected_in_a_row: usize,
 }
 
 impl LocalAgreement {
@@ -43,10 +55,29 @@ impl LocalAgreement {
         self.committed.last().map_or(0.0, |w| w.end)
     }
 
-    /// Feed a new hypothesis of the whole buffer. Returns the words that just became final;
-    /// the partial is then [`Self::partial`].
-    pub fn update(&mut self, hypothesis: Vec<Word>) -> Vec<Word> {
-        let fresh = self.drop_already_committed(hypothesis);
+    /// Feed a new hypothesis of the whole buffer. Returns the words that just became final
+    /// (the partial is then [`Self::partial`]), or `None` when the hypothesis does not repeat
+    /// the final words the buffer still holds: Whisper sometimes stops after the first
+    /// sentence of the buffer (end-of-text and the next word are close there). Such a
+    /// hypothesis says nothing about the audio after it, and its last words would otherwise
+    /// match final ones out of place and come out again as new.
+    pub fn update(&mut self, hypothesis: Vec<Word>) -> Option<Vec<Word>> {
+        let repeat = self.repeated_prefix(&hypothesis);
+        let repeated = if repeat.covers_committed {
+            if repeat.score > 0 { repeat.words } else { 0 }
+        } else if self.rejected_in_a_row < MAX_REJECTED_IN_A_ROW {
+            self.rejected_in_a_row += 1;
+            return None;
+        } else {
+            // Consistently read otherwise: take it, less what best matches the final words.
+            repeat.words
+        };
+        Some(self.agree(hypothesis.into_iter().skip(repeated).collect()))
+    }
+
+    /// LocalAgreement on the words after the final ones.
+    fn agree(&mut self, fresh: Vec<Word>) -> Vec<Word> {
+        self.rejected_in_a_row = 0;
         let agreed = self.previous.iter().zip(&fresh).take_while(|(a, b)| key(&a.text) == key(&b.text)).count();
         let newly: Vec<Word> = fresh[..agreed].to_vec();
         self.committed.extend(newly.iter().cloned());
@@ -88,47 +119,67 @@ impl LocalAgreement {
 
     /// The buffer still holds audio that was already committed, so a hypothesis starts by
     /// repeating committed words, though not always the same way ("Wot U-D" may come back as
-    /// "Wotul-Di") and not always all of them (word times are estimates, so the cut may have
-    /// fallen after some). The hypothesis prefix that best matches the end of the committed
-    /// words, letter by letter, is dropped: the one that gains most matched letters over
-    /// twice its edits, and none when no prefix gains anything.
-    fn drop_already_committed(&self, hypothesis: Vec<Word>) -> Vec<Word> {
-        let committed: Vec<char> =
-            self.committed[self.committed.len() - self.in_buffer..].iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect();
-        if committed.is_empty() {
-            return hypothesis;
-        }
+    /// "Wotul-Di"), not always all of them, and sometimes after a word or two of noise (the
+    /// buffer may start inside a word; see [`SKIPPABLE_WORDS`]). Each hypothesis prefix is
+    /// aligned letter by letter with the final words still heard (see [`repeat_scores`]); the
+    /// best-scoring one is the repetition.
+    fn repeated_prefix(&self, hypothesis: &[Word]) -> RepeatMatch {
+        let heard = &self.committed[self.committed.len() - self.in_buffer..];
+        let letters_of = |ws: &[Word]| -> Vec<char> { ws.iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect() };
+        let committed = letters_of(heard);
+        let skippable_committed = letters_of(&heard[..heard.len().min(SKIPPABLE_WORDS)]).len();
         // Prefixes of more words than were committed (plus slack for split words) are not
         // repetitions.
         let candidates = hypothesis.len().min(self.in_buffer + 2);
-        let spoken: Vec<char> = hypothesis[..candidates].iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect();
-        let edits = suffix_edit_distances(&committed, &spoken);
-        let mut best = (0usize, 0i64);
+        let spoken = letters_of(&hypothesis[..candidates]);
+        let skippable_spoken = letters_of(&hypothesis[..candidates.min(SKIPPABLE_WORDS - 1)]).len();
+        let scores = repeat_scores(&committed, skippable_committed, &spoken, skippable_spoken);
+        let mut best = RepeatMatch { words: 0, score: scores[0], covers_committed: false };
         let mut letters = 0;
         for (j, w) in hypothesis[..candidates].iter().enumerate() {
             letters += key(&w.text).chars().count();
-            let gain = letters as i64 - 2 * edits[letters] as i64;
-            if gain > best.1 {
-                best = (j + 1, gain);
+            if scores[letters] > best.score {
+                best = RepeatMatch { words: j + 1, score: scores[letters], covers_committed: false };
             }
         }
-        hypothesis.into_iter().skip(best.0).collect()
+        best.covers_committed = committed.len() == skippable_committed || best.score > 0;
+        best
     }
 }
 
-/// For every prefix `b[..y]`: the fewest edits that turn some ending of `a` (any suffix,
-/// the empty one included) into it.
-fn suffix_edit_distances(a: &[char], b: &[char]) -> Vec<usize> {
-    // column[y] = edits between the best-starting part of a[..x] and b[..y], row by row in x.
-    let mut column: Vec<usize> = (0..=b.len()).collect();
-    for &ca in a {
-        let mut next = vec![0; b.len() + 1];
+/// How a hypothesis starts by repeating final words.
+struct RepeatMatch {
+    /// Leading words of the hypothesis that best match the final words.
+    words: usize,
+    /// Their alignment score (see [`repeat_scores`]).
+    score: i64,
+    /// Whether they match well enough to say the hypothesis heard all the final words that
+    /// have to be heard (all but the first few).
+    covers_committed: bool,
+}
+
+/// For every prefix `b[..y]` of a hypothesis' letters: the best score of an alignment of all
+/// of `a`, the final words' letters, with it. Matched letters score +1, every substituted,
+/// left-out or extra letter −2, except that up to `skip_a` first letters of `a` and `skip_b`
+/// first letters of `b` may be passed over for free. A hypothesis that stops before the end
+/// of `a` pays for every letter it did not reach, so its best score is negative.
+fn repeat_scores(a: &[char], skip_a: usize, b: &[char], skip_b: usize) -> Vec<i64> {
+    const GAP: i64 = 2;
+    let head = |x: usize, y: usize| -> i64 {
+        // Only passing over heads: free within the allowances, −2 a letter beyond them.
+        -GAP * (x.saturating_sub(skip_a) + y.saturating_sub(skip_b)) as i64
+    };
+    // row[y] = best score for a[..x] against b[..y], row by row in x.
+    let mut row: Vec<i64> = (0..=b.len()).map(|y| head(0, y)).collect();
+    for (x, &ca) in a.iter().enumerate() {
+        let mut next = vec![head(x + 1, 0); b.len() + 1];
         for y in 1..=b.len() {
-            next[y] = (column[y - 1] + usize::from(ca != b[y - 1])).min(column[y] + 1).min(next[y - 1] + 1);
+            let pair = row[y - 1] + if ca == b[y - 1] { 1 } else { -GAP };
+            next[y] = pair.max(row[y] - GAP).max(next[y - 1] - GAP).max(head(x + 1, y));
         }
-        column = next;
+        row = next;
     }
-    column
+    row
 }
 
 /// Where to cut the buffer so that it starts at a segment boundary (Whisper's timestamps sit in
@@ -183,25 +234,71 @@ mod tests {
     #[test]
     fn commits_the_prefix_two_hypotheses_agree_on() {
         let mut p = LocalAgreement::default();
-        assert!(p.update(words("the cat", 0.0)).is_empty(), "nothing is final after one hypothesis");
+        assert!(p.update(words("the cat", 0.0)).unwrap().is_empty(), "nothing is final after one hypothesis");
         assert_eq!(texts(p.partial()), ["the", "cat"]);
-        let fin = p.update(words("the cat sat on", 0.0));
+        let fin = p.update(words("the cat sat on", 0.0)).unwrap();
         assert_eq!(texts(&fin), ["the", "cat"]);
         assert_eq!(texts(p.partial()), ["sat", "on"]);
         // A revision of the partial: only the agreeing prefix ("sat") becomes final.
-        let fin = p.update(words("the cat sat in the hat", 0.0));
+        let fin = p.update(words("the cat sat in the hat", 0.0)).unwrap();
         assert_eq!(texts(&fin), ["sat"]);
         assert_eq!(texts(p.partial()), ["in", "the", "hat"]);
+    }
+
+    #[test]
+    fn a_hypothesis_that_stops_before_the_final_words_is_rejected() {
+        // Seen on a long-form replay: the buffer starts with the previous utterance's last
+        // sentence, and "Chapter sixteen. No one in all Raymond, including the" are final too;
+        // one pass stops after the first sentence. Its last word matched the last final one
+        // ("the") and the rest came out a second time as new words.
+        let mut p = LocalAgreement::default();
+        let heard = "quality of condition amongst the natives chapter sixteen no one in all raymond including the";
+        p.update(words(heard, 0.0));
+        p.update(words(&format!("{heard} rectangle"), 0.0));
+        assert_eq!(p.committed().len(), 15);
+        let truncated = "the quality of condition amongst the natives";
+        assert_eq!(p.update(words(truncated, 0.0)), None);
+        assert_eq!(p.update(words(truncated, 0.0)), None);
+        assert_eq!(texts(p.partial()), ["rectangle"], "a rejected hypothesis changes nothing");
+        let fin = p.update(words(&format!("{heard} rectangle felt"), 0.0)).unwrap();
+        assert_eq!(texts(&fin), ["rectangle"]);
+        assert_eq!(p.committed().len(), 16);
+    }
+
+    #[test]
+    fn a_word_cut_at_the_buffer_start_heard_as_two_others_is_still_a_repetition() {
+        let mut p = LocalAgreement::default();
+        p.update(words("hung upon their azure leaves did", 0.0));
+        p.update(words("hung upon their azure leaves did show", 0.0));
+        // The buffer now starts inside "azure", which comes back as "are your".
+        p.trimmed_keeping(3);
+        let fin = p.update(words("are your leaves did you like", 1.0)).unwrap();
+        assert!(fin.is_empty());
+        assert_eq!(texts(p.partial()), ["you", "like"]);
+    }
+
+    #[test]
+    fn a_consistently_different_reading_is_taken_after_two_rejections() {
+        let mut p = LocalAgreement::default();
+        p.update(words("in june eighteen forty eight", 0.0));
+        p.update(words("in june eighteen forty eight knew", 0.0));
+        // Every later pass writes the number in digits: rejected twice, then taken.
+        assert_eq!(p.update(words("in june 1848 knew a", 0.0)), None);
+        assert_eq!(p.update(words("in june 1848 knew a great", 0.0)), None);
+        assert!(p.update(words("in june 1848 knew a great deal", 0.0)).is_some());
+        // What matches the final words best is still dropped; the number itself can't be
+        // matched letter by letter, so it stays (heard twice, in two spellings).
+        assert_eq!(texts(p.partial()), ["1848", "knew", "a", "great", "deal"]);
     }
 
     #[test]
     fn finals_are_never_repeated_when_the_buffer_still_holds_them() {
         let mut p = LocalAgreement::default();
         p.update(words("one two three", 0.0));
-        let a = p.update(words("one two three four", 0.0));
+        let a = p.update(words("one two three four", 0.0)).unwrap();
         assert_eq!(texts(&a), ["one", "two", "three"]);
         // The buffer still starts at 0 s: the committed words come back in the hypothesis.
-        let b = p.update(words("one two three four five", 0.0));
+        let b = p.update(words("one two three four five", 0.0)).unwrap();
         assert_eq!(texts(&b), ["four"]);
         let all: Vec<&str> = texts(p.committed());
         assert_eq!(all, ["one", "two", "three", "four"]);
@@ -211,7 +308,7 @@ mod tests {
     fn agreement_ignores_case_and_punctuation() {
         let mut p = LocalAgreement::default();
         p.update(words("Hello world", 0.0));
-        let fin = p.update(words("hello, world.", 0.0));
+        let fin = p.update(words("hello, world.", 0.0)).unwrap();
         assert_eq!(fin.len(), 2);
     }
 
@@ -222,7 +319,7 @@ mod tests {
         p.update(words("alpha beta gamma delta", 0.0));
         // Buffer cut at 1.2 s: "gamma" (ends 1.4 s) is still heard.
         p.trimmed(1.2);
-        let fin = p.update(words("gamma delta epsilon", 1.0));
+        let fin = p.update(words("gamma delta epsilon", 1.0)).unwrap();
         assert_eq!(texts(&fin), ["delta"]);
         let rest = p.flush();
         assert_eq!(texts(&rest), ["epsilon"]);
@@ -236,7 +333,7 @@ mod tests {
         p.update(words("it was a matter of", 0.0));
         // The next pass hears "it is a matter of course": the committed head differs in one
         // word but is still recognised as already said.
-        let fin = p.update(words("it is a matter of course", 0.0));
+        let fin = p.update(words("it is a matter of course", 0.0)).unwrap();
         assert_eq!(texts(&fin), ["of"]);
         assert_eq!(texts(p.partial()), ["course"]);
     }
@@ -249,7 +346,7 @@ mod tests {
         // The cut fell after "of", but the time estimate says two words are still heard; the
         // next hypothesis starts with new words, which must not be taken for those two.
         p.trimmed(1.4);
-        assert_eq!(texts(&p.update(words("types composed to form", 1.5))), ["types"]);
+        assert_eq!(texts(&p.update(words("types composed to form", 1.5)).unwrap()), ["types"]);
         p.flush();
         assert_eq!(texts(p.committed()), ["consist", "principally", "of", "types", "composed", "to", "form"]);
     }

@@ -213,7 +213,7 @@ impl State<'_> {
         if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
             let tm = &tr.timings;
             eprintln!(
-                "[{:.2}+{:.2}s r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}: {:?}",
+                "[{:.2}+{:.2}s step {step_audio:.2} r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}: {:?}",
                 self.buffer.start(),
                 self.buffer.len_s(),
                 tm.mel_ms,
@@ -227,14 +227,19 @@ impl State<'_> {
         self.stats.step_compute_ms = compute * 1e3;
         self.stats.compute_total_s += compute;
         // A repetition loop (greedy decoding's failure mode) is not a hypothesis: keep the last.
+        let load_audio = step_audio.max(self.opts.step_s * 0.5);
         if tr.hit_token_limit || tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
-            self.last_segment = None;
-            self.draft = None;
-            self.controller.observe(compute, tr.timings.encoder_ms / 1e3, step_audio.max(self.opts.step_s * 0.5));
+            self.skip_hypothesis();
+            self.controller.observe(compute, tr.timings.encoder_ms / 1e3, load_audio);
             return Ok(());
         }
         let hypothesis_words = words.len();
-        let finals = self.policy.update(words);
+        let Some(finals) = self.policy.update(words) else {
+            // Nor is one that stopped before the words already final (see `update`).
+            self.skip_hypothesis();
+            self.controller.observe(compute, tr.timings.encoder_ms / 1e3, load_audio);
+            return Ok(());
+        };
         self.draft = Some((tr.first_window_tokens.clone(), self.buffer.start()));
         self.heard_words |= !finals.is_empty() || !self.policy.partial().is_empty();
         self.last_segment = segs.last().map(|(start, end, text)| (*start, *end, text.split_whitespace().count()));
@@ -242,12 +247,18 @@ impl State<'_> {
         self.cut = segment_cut(&segment_words, hypothesis_words - self.policy.partial().len());
         self.emit_finals(finals);
         self.emit_partial();
-        self.controller.observe(compute, tr.timings.encoder_ms / 1e3, step_audio.max(self.opts.step_s * 0.5));
+        self.controller.observe(compute, tr.timings.encoder_ms / 1e3, load_audio);
         self.stats.heavy_fraction = tr.encoder.heavy_fraction();
         self.stats.flops_saved_pct =
             if tr.encoder.dense_flops > 0.0 { 100.0 * (1.0 - tr.encoder.flops / tr.encoder.dense_flops) } else { 0.0 };
         self.trim();
         Ok(())
+    }
+
+    /// The last hypothesis stays the one to agree with; its draft and segment are not reused.
+    fn skip_hypothesis(&mut self) {
+        self.last_segment = None;
+        self.draft = None;
     }
 
     /// Drop audio that only holds committed words once the buffer runs long.
