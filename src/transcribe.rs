@@ -115,6 +115,9 @@ pub struct Timings {
     pub decoder_ms: f64,
     pub tokens: usize,
     pub windows: usize,
+    /// Windows whose silence-cached encoding left the no-speech decision in doubt and were
+    /// encoded again whole.
+    pub whole_window_rechecks: usize,
 }
 
 impl Timings {
@@ -124,6 +127,7 @@ impl Timings {
         self.decoder_ms += other.decoder_ms;
         self.tokens += other.tokens;
         self.windows += other.windows;
+        self.whole_window_rechecks += other.whole_window_rechecks;
     }
 }
 
@@ -358,6 +362,7 @@ impl<'m> Transcriber<'m> {
                 let whole = TranscribeOptions { silence_cache: false, ..opts.clone() };
                 let (features, stats) = self.encode_segment(&mel, seek, segment_size, &whole)?;
                 timings.encoder_ms += stats.ms;
+                timings.whole_window_rechecks += 1;
                 accumulate(&mut encoder_total, &stats);
                 let t_dec = Instant::now();
                 result =

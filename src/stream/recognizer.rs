@@ -213,7 +213,7 @@ impl State<'_> {
         if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
             let tm = &tr.timings;
             eprintln!(
-                "[{:.2}+{:.2}s step {step_audio:.2} r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}: {:?}",
+                "[{:.2}+{:.2}s step {step_audio:.2} r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}, rechecked {}: {:?}",
                 self.buffer.start(),
                 self.buffer.len_s(),
                 tm.mel_ms,
@@ -221,6 +221,7 @@ impl State<'_> {
                 tm.decoder_ms,
                 tm.tokens,
                 topts.draft.len(),
+                tm.whole_window_rechecks,
                 tr.text
             );
         }
@@ -366,8 +367,15 @@ impl State<'_> {
         if was_speaking && !self.vad.is_speech() {
             return self.finish_utterance();
         }
+        Ok(())
+    }
+
+    /// Re-transcribe if a step's worth of speech has arrived. Called once all audio that
+    /// arrived during the last step has been pushed, so a recogniser that fell behind runs
+    /// one pass on the latest audio instead of one per step it missed.
+    fn step_if_due(&mut self) -> Result<()> {
         let due = if self.heard_words { self.opts.step_s } else { self.opts.first_step_s };
-        if self.since_step as f64 / RATE >= due {
+        if self.speech_in_buffer && !self.paused && self.since_step as f64 / RATE >= due {
             self.process()?;
         }
         Ok(())
@@ -440,6 +448,7 @@ pub fn run_recognizer(
                     for c in &chunks {
                         s.push_audio(c)?;
                     }
+                    s.step_if_due()?;
                     if s.stats.step_compute_ms != before || chunks.len() > 1 {
                         s.publish_stats();
                     }
