@@ -43,9 +43,8 @@ impl CrossKeyValues {
         let layer = |i: usize, pick: fn(&KeyValues) -> &Tensor| {
             super::silence::weighted_sum(parts.iter().map(|(p, w)| Ok((pick(&p.0[i]).clone(), *w))))
         };
-        let layers = (0..first.0.len())
-            .map(|i| Ok(KeyValues { k: layer(i, |kv| &kv.k)?, v: layer(i, |kv| &kv.v)? }))
-            .collect::<Result<_>>()?;
+        let layers =
+            (0..first.0.len()).map(|i| Ok(KeyValues { k: layer(i, |kv| &kv.k)?, v: layer(i, |kv| &kv.v)? })).collect::<Result<_>>()?;
         Ok(Self(layers))
     }
 }

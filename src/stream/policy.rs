@@ -64,7 +64,11 @@ impl LocalAgreement {
     pub fn update(&mut self, hypothesis: Vec<Word>) -> Option<Vec<Word>> {
         let repeat = self.repeated_prefix(&hypothesis);
         let repeated = if repeat.covers_committed {
-            if repeat.score > 0 { repeat.words } else { 0 }
+            if repeat.score > 0 {
+                repeat.words
+            } else {
+                0
+            }
         } else if self.rejected_in_a_row < MAX_REJECTED_IN_A_ROW {
             self.rejected_in_a_row += 1;
             return None;

@@ -429,6 +429,10 @@ pub fn run_recognizer(
         paused: false,
         cut: None,
     };
+    // Before any speech, while the first audio queues up.
+    if let Err(e) = t.warm_up_padding() {
+        s.send(Event::Error { message: format!("{e:#}") });
+    }
     let result = (|| -> Result<()> {
         loop {
             while let Ok(c) = control.try_recv() {
