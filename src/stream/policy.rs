@@ -73,8 +73,10 @@ impl LocalAgreement {
             self.rejected_in_a_row += 1;
             return None;
         } else {
-            // Consistently read otherwise: take it, less what best matches the final words.
-            repeat.words
+            // Consistently read otherwise: take it, less a prefix that matches some stretch of
+            // the final words (a sentence heard twice), and none when nothing matches (Whisper
+            // may leave out the audio in front that was heard before).
+            self.local_repeat(&hypothesis)
         };
         Some(self.agree(hypothesis.into_iter().skip(repeated).collect()))
     }
@@ -137,7 +139,7 @@ impl LocalAgreement {
         let candidates = hypothesis.len().min(self.in_buffer + 2);
         let spoken = letters_of(&hypothesis[..candidates]);
         let skippable_spoken = letters_of(&hypothesis[..candidates.min(SKIPPABLE_WORDS - 1)]).len();
-        let scores = repeat_scores(&committed, skippable_committed, &spoken, skippable_spoken);
+        let scores = repeat_scores(&committed, skippable_committed, &spoken, skippable_spoken, true);
         let mut best = RepeatMatch { words: 0, score: scores[0], covers_committed: false };
         let mut letters = 0;
         for (j, w) in hypothesis[..candidates].iter().enumerate() {
@@ -148,6 +150,24 @@ impl LocalAgreement {
         }
         best.covers_committed = committed.len() == skippable_committed || best.score > 0;
         best
+    }
+
+    /// Leading words of the hypothesis that match any stretch of the final words still
+    /// heard, with a positive score (see [`repeat_scores`]); 0 when none does.
+    fn local_repeat(&self, hypothesis: &[Word]) -> usize {
+        let heard = &self.committed[self.committed.len() - self.in_buffer..];
+        let committed: Vec<char> = heard.iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect();
+        let candidates = hypothesis.len().min(self.in_buffer + 2);
+        let spoken: Vec<char> = hypothesis[..candidates].iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect();
+        let scores = repeat_scores(&committed, committed.len(), &spoken, 0, false);
+        let (mut best, mut letters) = ((0, 0), 0);
+        for (j, w) in hypothesis[..candidates].iter().enumerate() {
+            letters += key(&w.text).chars().count();
+            if scores[letters] > best.1 {
+                best = (j + 1, scores[letters]);
+            }
+        }
+        best.0
     }
 }
 
@@ -162,12 +182,13 @@ struct RepeatMatch {
     covers_committed: bool,
 }
 
-/// For every prefix `b[..y]` of a hypothesis' letters: the best score of an alignment of all
-/// of `a`, the final words' letters, with it. Matched letters score +1, every substituted,
-/// left-out or extra letter −2, except that up to `skip_a` first letters of `a` and `skip_b`
-/// first letters of `b` may be passed over for free. A hypothesis that stops before the end
-/// of `a` pays for every letter it did not reach, so its best score is negative.
-fn repeat_scores(a: &[char], skip_a: usize, b: &[char], skip_b: usize) -> Vec<i64> {
+/// For every prefix `b[..y]` of a hypothesis' letters: the best score of an alignment of `a`,
+/// the final words' letters, with it. Matched letters score +1, every substituted, left-out
+/// or extra letter −2, except that up to `skip_a` first letters of `a` and `skip_b` first
+/// letters of `b` may be passed over for free. With `to_end_of_a`, all of `a` after its
+/// skipped head must be aligned: a hypothesis that stops before the end of `a` pays for every
+/// letter it did not reach, so its best score is negative; without, `a` may end anywhere.
+fn repeat_scores(a: &[char], skip_a: usize, b: &[char], skip_b: usize, to_end_of_a: bool) -> Vec<i64> {
     const GAP: i64 = 2;
     let head = |x: usize, y: usize| -> i64 {
         // Only passing over heads: free within the allowances, −2 a letter beyond them.
@@ -175,6 +196,7 @@ fn repeat_scores(a: &[char], skip_a: usize, b: &[char], skip_b: usize) -> Vec<i6
     };
     // row[y] = best score for a[..x] against b[..y], row by row in x.
     let mut row: Vec<i64> = (0..=b.len()).map(|y| head(0, y)).collect();
+    let mut best_over_ends = row.clone();
     for (x, &ca) in a.iter().enumerate() {
         let mut next = vec![head(x + 1, 0); b.len() + 1];
         for y in 1..=b.len() {
@@ -182,8 +204,15 @@ fn repeat_scores(a: &[char], skip_a: usize, b: &[char], skip_b: usize) -> Vec<i6
             next[y] = pair.max(row[y] - GAP).max(next[y - 1] - GAP).max(head(x + 1, y));
         }
         row = next;
+        for (best, &score) in best_over_ends.iter_mut().zip(&row) {
+            *best = (*best).max(score);
+        }
     }
-    row
+    if to_end_of_a {
+        row
+    } else {
+        best_over_ends
+    }
 }
 
 /// Where to cut the buffer so that it starts at a segment boundary (Whisper's timestamps sit in
@@ -290,9 +319,39 @@ mod tests {
         assert_eq!(p.update(words("in june 1848 knew a", 0.0)), None);
         assert_eq!(p.update(words("in june 1848 knew a great", 0.0)), None);
         assert!(p.update(words("in june 1848 knew a great deal", 0.0)).is_some());
-        // What matches the final words best is still dropped; the number itself can't be
-        // matched letter by letter, so it stays (heard twice, in two spellings).
+        // What matches a stretch of the final words is still dropped; the number itself can't
+        // be matched letter by letter, so it stays (heard twice, in two spellings).
         assert_eq!(texts(p.partial()), ["1848", "knew", "a", "great", "deal"]);
+    }
+
+    #[test]
+    fn a_hypothesis_that_leaves_out_the_heard_audio_keeps_all_its_words() {
+        // Seen on a long-form replay: the next utterance is decoded with the last sentence's
+        // audio in front, and Whisper transcribes only the new speech, every time.
+        let mut p = LocalAgreement::default();
+        p.update(words("running evenly like pellets in the groove of the nass road", 0.0));
+        p.update(words("running evenly like pellets in the groove of the nass road", 0.0));
+        p.flush();
+        p.trimmed_keeping(11);
+        let new = "there was once upon a time a man and a woman";
+        assert_eq!(p.update(words(new, 6.0)), None);
+        assert_eq!(p.update(words(new, 6.0)), None);
+        assert!(p.update(words(new, 6.0)).is_some());
+        assert_eq!(p.partial().len(), 11, "no new word may be taken for a final one");
+    }
+
+    #[test]
+    fn a_third_hypothesis_in_a_row_that_stops_early_adds_nothing() {
+        let mut p = LocalAgreement::default();
+        let heard = "engines of destruction the cars came scudding in towards dublin running evenly";
+        p.update(words(heard, 0.0));
+        p.update(words(heard, 0.0));
+        let truncated = "engines of destruction";
+        assert_eq!(p.update(words(truncated, 0.0)), None);
+        assert_eq!(p.update(words(truncated, 0.0)), None);
+        assert_eq!(p.update(words(truncated, 0.0)), Some(vec![]));
+        assert!(p.partial().is_empty());
+        assert_eq!(p.committed().len(), 12);
     }
 
     #[test]
