@@ -131,44 +131,51 @@ impl LocalAgreement {
     /// best-scoring one is the repetition.
     fn repeated_prefix(&self, hypothesis: &[Word]) -> RepeatMatch {
         let heard = &self.committed[self.committed.len() - self.in_buffer..];
-        let letters_of = |ws: &[Word]| -> Vec<char> { ws.iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect() };
-        let committed = letters_of(heard);
-        let skippable_committed = letters_of(&heard[..heard.len().min(SKIPPABLE_WORDS)]).len();
-        // Prefixes of more words than were committed (plus slack for split words) are not
-        // repetitions.
-        let candidates = hypothesis.len().min(self.in_buffer + 2);
-        let spoken = letters_of(&hypothesis[..candidates]);
-        let skippable_spoken = letters_of(&hypothesis[..candidates.min(SKIPPABLE_WORDS - 1)]).len();
-        let scores = repeat_scores(&committed, skippable_committed, &spoken, skippable_spoken, true);
-        let mut best = RepeatMatch { words: 0, score: scores[0], covers_committed: false };
-        let mut letters = 0;
-        for (j, w) in hypothesis[..candidates].iter().enumerate() {
-            letters += key(&w.text).chars().count();
-            if scores[letters] > best.score {
-                best = RepeatMatch { words: j + 1, score: scores[letters], covers_committed: false };
-            }
-        }
-        best.covers_committed = committed.len() == skippable_committed || best.score > 0;
-        best
+        let committed = letters(heard);
+        let skippable_committed = letters(&heard[..heard.len().min(SKIPPABLE_WORDS)]).len();
+        let candidates = self.repeat_candidates(hypothesis);
+        let skippable_spoken = letters(&candidates[..candidates.len().min(SKIPPABLE_WORDS - 1)]).len();
+        let scores = repeat_scores(&committed, skippable_committed, &letters(candidates), skippable_spoken, true);
+        let (words, score) = best_prefix(candidates, &scores);
+        RepeatMatch { words, score, covers_committed: committed.len() == skippable_committed || score > 0 }
     }
 
     /// Leading words of the hypothesis that match any stretch of the final words still
     /// heard, with a positive score (see [`repeat_scores`]); 0 when none does.
     fn local_repeat(&self, hypothesis: &[Word]) -> usize {
-        let heard = &self.committed[self.committed.len() - self.in_buffer..];
-        let committed: Vec<char> = heard.iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect();
-        let candidates = hypothesis.len().min(self.in_buffer + 2);
-        let spoken: Vec<char> = hypothesis[..candidates].iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect();
-        let scores = repeat_scores(&committed, committed.len(), &spoken, 0, false);
-        let (mut best, mut letters) = ((0, 0), 0);
-        for (j, w) in hypothesis[..candidates].iter().enumerate() {
-            letters += key(&w.text).chars().count();
-            if scores[letters] > best.1 {
-                best = (j + 1, scores[letters]);
-            }
+        let committed = letters(&self.committed[self.committed.len() - self.in_buffer..]);
+        let candidates = self.repeat_candidates(hypothesis);
+        let scores = repeat_scores(&committed, committed.len(), &letters(candidates), 0, false);
+        match best_prefix(candidates, &scores) {
+            (words, score) if score > 0 => words,
+            _ => 0,
         }
-        best.0
     }
+
+    /// The words a repetition of the final ones can span: prefixes of more words than were
+    /// committed (plus slack for split words) are not repetitions.
+    fn repeat_candidates<'h>(&self, hypothesis: &'h [Word]) -> &'h [Word] {
+        &hypothesis[..hypothesis.len().min(self.in_buffer + 2)]
+    }
+}
+
+/// The comparison keys' letters of some words, run together.
+fn letters(words: &[Word]) -> Vec<char> {
+    words.iter().flat_map(|w| key(&w.text).chars().collect::<Vec<_>>()).collect()
+}
+
+/// The prefix of `words` (how many words) whose letters have the highest of `scores` (one per
+/// prefix length in letters), and that score; the empty prefix on ties.
+fn best_prefix(words: &[Word], scores: &[i64]) -> (usize, i64) {
+    let mut best = (0, scores[0]);
+    let mut length = 0;
+    for (j, w) in words.iter().enumerate() {
+        length += key(&w.text).chars().count();
+        if scores[length] > best.1 {
+            best = (j + 1, scores[length]);
+        }
+    }
+    best
 }
 
 /// How a hypothesis starts by repeating final words.
