@@ -141,15 +141,21 @@ impl LocalAgreement {
     }
 
     /// Leading words of the hypothesis that match any stretch of the final words still
-    /// heard, with a positive score (see [`repeat_scores`]); 0 when none does.
+    /// heard (see [`repeat_scores`]), closely enough to score at least half their letters,
+    /// which a chance alignment of unrelated words does not; 0 when none does.
     fn local_repeat(&self, hypothesis: &[Word]) -> usize {
         let committed = letters(&self.committed[self.committed.len() - self.in_buffer..]);
         let candidates = self.repeat_candidates(hypothesis);
         let scores = repeat_scores(&committed, committed.len(), &letters(candidates), 0, false);
-        match best_prefix(candidates, &scores) {
-            (words, score) if score > 0 => words,
-            _ => 0,
+        let (mut best, mut length) = ((0, 0), 0);
+        for (j, w) in candidates.iter().enumerate() {
+            length += key(&w.text).chars().count();
+            let score = scores[length];
+            if score > best.1 && 2 * score >= length as i64 {
+                best = (j + 1, score);
+            }
         }
+        best.0
     }
 
     /// The words a repetition of the final ones can span: prefixes of more words than were
@@ -190,16 +196,18 @@ struct RepeatMatch {
 }
 
 /// For every prefix `b[..y]` of a hypothesis' letters: the best score of an alignment of `a`,
-/// the final words' letters, with it. Matched letters score +1, every substituted, left-out
-/// or extra letter −2, except that up to `skip_a` first letters of `a` and `skip_b` first
-/// letters of `b` may be passed over for free. With `to_end_of_a`, all of `a` after its
-/// skipped head must be aligned: a hypothesis that stops before the end of `a` pays for every
-/// letter it did not reach, so its best score is negative; without, `a` may end anywhere.
+/// the final words' letters, with it: every letter of `b` scores +1 and every edit −2 (a
+/// matched letter +1, a substituted or extra one −1, a left-out letter of `a` −2), except that
+/// up to `skip_a` first letters of `a` and `skip_b` first letters of `b` may be passed over
+/// for nothing. With `to_end_of_a`, all of `a` after its skipped head must be aligned: a
+/// hypothesis that stops before the end of `a` pays for every letter it did not reach, so its
+/// best score is negative; without, `a` may end anywhere.
 fn repeat_scores(a: &[char], skip_a: usize, b: &[char], skip_b: usize, to_end_of_a: bool) -> Vec<i64> {
-    const GAP: i64 = 2;
+    const LEFT_OUT: i64 = -2;
+    const EXTRA: i64 = -1;
     let head = |x: usize, y: usize| -> i64 {
-        // Only passing over heads: free within the allowances, −2 a letter beyond them.
-        -GAP * (x.saturating_sub(skip_a) + y.saturating_sub(skip_b)) as i64
+        // Only passing over heads: free within the allowances.
+        LEFT_OUT * x.saturating_sub(skip_a) as i64 + EXTRA * y.saturating_sub(skip_b) as i64
     };
     // row[y] = best score for a[..x] against b[..y], row by row in x.
     let mut row: Vec<i64> = (0..=b.len()).map(|y| head(0, y)).collect();
@@ -207,8 +215,8 @@ fn repeat_scores(a: &[char], skip_a: usize, b: &[char], skip_b: usize, to_end_of
     for (x, &ca) in a.iter().enumerate() {
         let mut next = vec![head(x + 1, 0); b.len() + 1];
         for y in 1..=b.len() {
-            let pair = row[y - 1] + if ca == b[y - 1] { 1 } else { -GAP };
-            next[y] = pair.max(row[y] - GAP).max(next[y - 1] - GAP).max(head(x + 1, y));
+            let pair = row[y - 1] + if ca == b[y - 1] { 1 } else { EXTRA };
+            next[y] = pair.max(row[y] + LEFT_OUT).max(next[y - 1] + EXTRA).max(head(x + 1, y));
         }
         row = next;
         for (best, &score) in best_over_ends.iter_mut().zip(&row) {
@@ -315,6 +323,17 @@ mod tests {
         let fin = p.update(words("are your leaves did you like", 1.0)).unwrap();
         assert!(fin.is_empty());
         assert_eq!(texts(p.partial()), ["you", "like"]);
+    }
+
+    #[test]
+    fn a_word_final_on_short_audio_and_heard_again_longer_is_not_repeated() {
+        // The LibriSpeech long-form start: "reply" became final on a second of audio; the
+        // next pass, on more, hears "replied he".
+        let mut p = LocalAgreement::default();
+        p.update(words("reply", 0.0));
+        p.update(words("reply to him", 0.0));
+        assert_eq!(p.update(words("replied he of a truth", 0.0)).unwrap(), vec![]);
+        assert_eq!(texts(p.partial()), ["he", "of", "a", "truth"]);
     }
 
     #[test]
