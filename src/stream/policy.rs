@@ -136,7 +136,7 @@ impl LocalAgreement {
         let candidates = self.repeat_candidates(hypothesis);
         let skippable_spoken = letters(&candidates[..candidates.len().min(SKIPPABLE_WORDS - 1)]).len();
         let scores = repeat_scores(&committed, skippable_committed, &letters(candidates), skippable_spoken, true);
-        let (words, score) = best_prefix(candidates, &scores);
+        let (words, score) = best_prefix(candidates, &scores, |_, _| true);
         RepeatMatch { words, score, covers_committed: committed.len() == skippable_committed || score > 0 }
     }
 
@@ -147,15 +147,7 @@ impl LocalAgreement {
         let committed = letters(&self.committed[self.committed.len() - self.in_buffer..]);
         let candidates = self.repeat_candidates(hypothesis);
         let scores = repeat_scores(&committed, committed.len(), &letters(candidates), 0, false);
-        let (mut best, mut length) = ((0, 0), 0);
-        for (j, w) in candidates.iter().enumerate() {
-            length += key(&w.text).chars().count();
-            let score = scores[length];
-            if score > best.1 && 2 * score >= length as i64 {
-                best = (j + 1, score);
-            }
-        }
-        best.0
+        best_prefix(candidates, &scores, |score, length| 2 * score >= length as i64).0
     }
 
     /// The words a repetition of the final ones can span: prefixes of more words than were
@@ -171,13 +163,14 @@ fn letters(words: &[Word]) -> Vec<char> {
 }
 
 /// The prefix of `words` (how many words) whose letters have the highest of `scores` (one per
-/// prefix length in letters), and that score; the empty prefix on ties.
-fn best_prefix(words: &[Word], scores: &[i64]) -> (usize, i64) {
+/// prefix length in letters) among those `eligible(score, letters)` accepts, and that score;
+/// the empty prefix on ties.
+fn best_prefix(words: &[Word], scores: &[i64], eligible: impl Fn(i64, usize) -> bool) -> (usize, i64) {
     let mut best = (0, scores[0]);
     let mut length = 0;
     for (j, w) in words.iter().enumerate() {
         length += key(&w.text).chars().count();
-        if scores[length] > best.1 {
+        if scores[length] > best.1 && eligible(scores[length], length) {
             best = (j + 1, scores[length]);
         }
     }
