@@ -227,18 +227,17 @@ impl State<'_> {
         }
         self.stats.step_compute_ms = compute * 1e3;
         self.stats.compute_total_s += compute;
+        // The controller's choice is read at the next step, whatever becomes of this one.
+        self.controller.observe(compute, tr.timings.encoder_ms / 1e3, step_audio.max(self.opts.step_s * 0.5));
         // A repetition loop (greedy decoding's failure mode) is not a hypothesis: keep the last.
-        let load_audio = step_audio.max(self.opts.step_s * 0.5);
         if tr.hit_token_limit || tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
             self.skip_hypothesis();
-            self.controller.observe(compute, tr.timings.encoder_ms / 1e3, load_audio);
             return Ok(());
         }
         let hypothesis_words = words.len();
         let Some(finals) = self.policy.update(words) else {
             // Nor is one that stopped before the words already final (see `update`).
             self.skip_hypothesis();
-            self.controller.observe(compute, tr.timings.encoder_ms / 1e3, load_audio);
             return Ok(());
         };
         self.draft = Some((tr.first_window_tokens.clone(), self.buffer.start()));
@@ -248,7 +247,6 @@ impl State<'_> {
         self.cut = segment_cut(&segment_words, hypothesis_words - self.policy.partial().len());
         self.emit_finals(finals);
         self.emit_partial();
-        self.controller.observe(compute, tr.timings.encoder_ms / 1e3, load_audio);
         self.stats.heavy_fraction = tr.encoder.heavy_fraction();
         self.stats.flops_saved_pct =
             if tr.encoder.dense_flops > 0.0 { 100.0 * (1.0 - tr.encoder.flops / tr.encoder.dense_flops) } else { 0.0 };
