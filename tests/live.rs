@@ -106,6 +106,52 @@ fn live_replay_of_a_real_clip_gives_its_words() {
 }
 
 #[test]
+fn a_short_utterance_followed_by_more_speech_is_decided_with_it() {
+    // "Printing," alone (0.7 s), two seconds of silence, then the rest of the sentence. The
+    // voice gate closes in the pause; the first word must not be made final on its own audio
+    // but wait for what follows (Whisper misreads short isolated speech).
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let split = (0.72 * 16_000.0) as usize;
+    let pause = 2.0;
+    let mut spliced = audio[..split].to_vec();
+    spliced.extend(std::iter::repeat(0.0).take((pause * 16_000.0) as usize));
+    spliced.extend_from_slice(&audio[split..]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("spliced.wav");
+    let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 32, sample_format: hound::SampleFormat::Float };
+    let mut writer = hound::WavWriter::create(&input, spec).unwrap();
+    for s in spliced {
+        writer.write_sample(s).unwrap();
+    }
+    writer.finalize().unwrap();
+
+    let out = Command::new(common::binary())
+        .args(["live", "--dense", "--no-tui", "--format", "jsonl", "--speed", "2", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let finals: Vec<(f64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "final")
+        .map(|e| (e["emitted_at"].as_f64().unwrap(), e["text"].as_str().unwrap().to_string()))
+        .collect();
+    let rest_starts = split as f64 / 16_000.0 + pause;
+    assert!(!finals.is_empty());
+    assert!(
+        finals[0].0 > rest_starts,
+        "first final at {:.2} s, before the rest of the speech at {rest_starts:.2} s: {finals:?}",
+        finals[0].0
+    );
+    let text: Vec<&str> = finals.iter().map(|f| f.1.as_str()).collect();
+    let reference = "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition";
+    let counts = coda_asr::eval::score(reference, &text.join(" "));
+    assert!(counts.wer() < 15.0, "WER {:.1}: {text:?}", counts.wer());
+}
+
+#[test]
 fn live_replay_of_noise_gives_no_words() {
     let speech = common::speech_dir();
     let manifest = coda_asr::eval::read_manifest(&speech.join("noise.tsv")).unwrap();

@@ -2,7 +2,7 @@
 //! strings produced by openai-whisper 20250625's Python normaliser), and WER counts edits.
 
 use coda_asr::eval::normalize::normalize;
-use coda_asr::eval::wer::{score, word_errors};
+use coda_asr::eval::wer::{align, score, word_errors};
 
 #[test]
 fn normaliser_matches_whisper_english_normaliser() {
@@ -31,6 +31,13 @@ fn wer_counts_substitutions_insertions_deletions() {
     assert_eq!((c.substitutions, c.insertions, c.deletions), (0, 0, 2));
     assert!((c.wer() - 200.0 / 3.0).abs() < 1e-9);
     assert_eq!(word_errors(&[], &[]).wer(), 0.0);
+}
+
+#[test]
+fn alignment_pairs_every_word_in_order() {
+    let pairs = align(&["a", "b", "c", "d"], &["a", "x", "c", "d", "e"]);
+    assert_eq!(pairs, [(Some(0), Some(0)), (Some(1), Some(1)), (Some(2), Some(2)), (Some(3), Some(3)), (None, Some(4))]);
+    assert_eq!(align(&["a", "b"], &["b"]), [(Some(0), None), (Some(1), Some(0))]);
 }
 
 #[test]

@@ -35,6 +35,21 @@ impl ErrorCounts {
 
 /// Align two word sequences and count the edits.
 pub fn word_errors(reference: &[&str], hypothesis: &[&str]) -> ErrorCounts {
+    let mut counts = ErrorCounts { reference_words: reference.len(), ..Default::default() };
+    for pair in align(reference, hypothesis) {
+        match pair {
+            (Some(i), Some(j)) if reference[i] != hypothesis[j] => counts.substitutions += 1,
+            (Some(_), None) => counts.deletions += 1,
+            (None, Some(_)) => counts.insertions += 1,
+            _ => {}
+        }
+    }
+    counts
+}
+
+/// One minimal alignment of two word sequences, in order: (reference index, hypothesis index)
+/// for a match or substitution, `(Some, None)` for a deletion, `(None, Some)` for an insertion.
+pub fn align(reference: &[&str], hypothesis: &[&str]) -> Vec<(Option<usize>, Option<usize>)> {
     let (n, m) = (reference.len(), hypothesis.len());
     // cost[i][j]: edits to turn reference[..i] into hypothesis[..j].
     let mut cost = vec![vec![0usize; m + 1]; n + 1];
@@ -50,24 +65,23 @@ pub fn word_errors(reference: &[&str], hypothesis: &[&str]) -> ErrorCounts {
             cost[i][j] = sub.min(cost[i - 1][j] + 1).min(cost[i][j - 1] + 1);
         }
     }
-    let mut counts = ErrorCounts { reference_words: n, ..Default::default() };
+    let mut pairs = Vec::with_capacity(n.max(m));
     let (mut i, mut j) = (n, m);
     while i > 0 || j > 0 {
         if i > 0 && j > 0 && cost[i][j] == cost[i - 1][j - 1] + usize::from(reference[i - 1] != hypothesis[j - 1]) {
-            if reference[i - 1] != hypothesis[j - 1] {
-                counts.substitutions += 1;
-            }
             i -= 1;
             j -= 1;
+            pairs.push((Some(i), Some(j)));
         } else if i > 0 && cost[i][j] == cost[i - 1][j] + 1 {
-            counts.deletions += 1;
             i -= 1;
+            pairs.push((Some(i), None));
         } else {
-            counts.insertions += 1;
             j -= 1;
+            pairs.push((None, Some(j)));
         }
     }
-    counts
+    pairs.reverse();
+    pairs
 }
 
 /// Normalise both texts and count word errors.

@@ -40,7 +40,8 @@ pub struct Utterance {
 pub struct ReplayReport {
     pub file: String,
     pub audio_s: f64,
-    /// Per utterance: first final covering its end, minus its end (seconds).
+    /// Per utterance: when the last of its words became final, minus its end (seconds; see
+    /// [`utterance_latencies`]).
     pub latencies_s: Vec<f64>,
     /// Where speech starts in the file ([`speech_onset_s`]).
     pub speech_onset_s: f64,
@@ -89,22 +90,19 @@ pub fn speech_onset_s(audio: &[f32]) -> f64 {
 
 /// Score one replay against its reference utterances; `speech_onset` from [`speech_onset_s`].
 pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], speech_onset: f64, rss_start_mb: f64) -> ReplayReport {
-    let finals: Vec<(f64, f64, &str)> = events
+    let finals: Vec<(f64, &str)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Final { text, end, emitted_at, .. } => Some((*end, *emitted_at, text.as_str())),
+            Event::Final { text, emitted_at, .. } => Some((*emitted_at, text.as_str())),
             _ => None,
         })
         .collect();
-    let latencies_s = utterances
-        .iter()
-        .filter_map(|u| finals.iter().find(|(end, _, _)| *end >= u.end_s - 0.5).map(|(_, at, _)| (at - u.end_s).max(0.0)))
-        .collect();
+    let latencies_s = utterance_latencies(&finals, utterances);
     let first_partial = events.iter().find_map(|e| match e {
         Event::Partial { text, emitted_at, .. } if !text.is_empty() => Some((emitted_at - speech_onset).max(0.0)),
         _ => None,
     });
-    let text: String = finals.iter().map(|f| f.2).collect::<Vec<_>>().join(" ");
+    let text: String = finals.iter().map(|f| f.1).collect::<Vec<_>>().join(" ");
     let reference: String = utterances.iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
     let stats: Vec<&super::StreamStats> = events.iter().filter_map(|e| if let Event::Stats(s) = e { Some(s) } else { None }).collect();
     let last = stats.last();
@@ -129,6 +127,39 @@ pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], spee
     }
 }
 
+/// For each reference utterance, seconds from its end to the moment the last of its words
+/// became final. Final words are aligned with the reference words (both normalised as for
+/// WER), so which final event holds an utterance's last word does not rest on the
+/// recogniser's own word-time estimates, which can be seconds off inside a long segment. An
+/// utterance none of whose words were recognised has no latency.
+pub fn utterance_latencies(finals: &[(f64, &str)], utterances: &[Utterance]) -> Vec<f64> {
+    let mut hypothesis: Vec<String> = Vec::new();
+    let mut emitted_at: Vec<f64> = Vec::new();
+    for (at, text) in finals {
+        for w in crate::eval::normalize::normalize(text).split_whitespace() {
+            hypothesis.push(w.to_string());
+            emitted_at.push(*at);
+        }
+    }
+    let mut reference: Vec<String> = Vec::new();
+    let mut utterance_of: Vec<usize> = Vec::new();
+    for (u, utterance) in utterances.iter().enumerate() {
+        for w in crate::eval::normalize::normalize(&utterance.reference).split_whitespace() {
+            reference.push(w.to_string());
+            utterance_of.push(u);
+        }
+    }
+    let (r, h): (Vec<&str>, Vec<&str>) = (reference.iter().map(String::as_str).collect(), hypothesis.iter().map(String::as_str).collect());
+    let mut final_at: Vec<Option<f64>> = vec![None; utterances.len()];
+    for pair in crate::eval::wer::align(&r, &h) {
+        if let (Some(i), Some(j)) = pair {
+            let at = &mut final_at[utterance_of[i]];
+            *at = Some(at.map_or(emitted_at[j], |a: f64| a.max(emitted_at[j])));
+        }
+    }
+    final_at.iter().zip(utterances).filter_map(|(at, u)| at.map(|at| (at - u.end_s).max(0.0))).collect()
+}
+
 pub fn read_segments(path: &Path) -> Result<std::collections::HashMap<String, Vec<Utterance>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a segments file", path.display()))
@@ -137,6 +168,24 @@ pub fn read_segments(path: &Path) -> Result<std::collections::HashMap<String, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn utterance(reference: &str, end_s: f64) -> Utterance {
+        Utterance { id: String::new(), start_s: 0.0, end_s, reference: reference.into() }
+    }
+
+    #[test]
+    fn an_utterance_is_final_when_its_last_aligned_word_is() {
+        let utterances = [utterance("REPLIED HE OF A TRUTH", 3.0), utterance("BUT SHE SAID", 6.0)];
+        // The second utterance's last word is misheard and comes in the same final as the
+        // first word of a third; the first utterance's last word arrives with "But".
+        let finals = [(2.0, "Replied he, of a"), (4.5, "truth. But"), (7.2, "she sad. Then")];
+        let latencies = utterance_latencies(&finals, &utterances);
+        assert_eq!(latencies.len(), 2);
+        assert!((latencies[0] - 1.5).abs() < 1e-9, "{latencies:?}");
+        assert!((latencies[1] - 1.2).abs() < 1e-9, "{latencies:?}");
+        // Nothing recognised of an utterance: no latency for it.
+        assert_eq!(utterance_latencies(&[(1.0, "replied he of a truth")], &utterances).len(), 1);
+    }
 
     #[test]
     fn speech_onset_is_where_the_audio_gets_loud_not_where_the_clip_starts() {

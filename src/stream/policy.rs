@@ -36,6 +36,8 @@ pub struct LocalAgreement {
     previous: Vec<Word>,
     /// Hypotheses rejected since the last accepted one.
     rejected_in_a_row: usize,
+    /// While set, agreement commits nothing (see [`Self::hold_commits`]).
+    commits_held: bool,
 }
 
 impl LocalAgreement {
@@ -48,6 +50,14 @@ impl LocalAgreement {
     /// not the next).
     pub fn prompt_words(&self) -> &[Word] {
         &self.committed[..self.committed.len() - self.in_buffer]
+    }
+
+    /// While `hold` is set, hypotheses still replace the partial but nothing becomes final by
+    /// agreement: the recogniser holds commits while an utterance is too short for two
+    /// hypotheses to be worth agreeing on (Whisper reads a lone "replied he" as "reply to
+    /// him", twice, and hears it right once the next words follow).
+    pub fn hold_commits(&mut self, hold: bool) {
+        self.commits_held = hold;
     }
 
     /// End time of the last final word (0 before any).
@@ -84,7 +94,8 @@ impl LocalAgreement {
     /// LocalAgreement on the words after the final ones.
     fn agree(&mut self, fresh: Vec<Word>) -> Vec<Word> {
         self.rejected_in_a_row = 0;
-        let agreed = self.previous.iter().zip(&fresh).take_while(|(a, b)| key(&a.text) == key(&b.text)).count();
+        let agreed =
+            if self.commits_held { 0 } else { self.previous.iter().zip(&fresh).take_while(|(a, b)| key(&a.text) == key(&b.text)).count() };
         let newly: Vec<Word> = fresh[..agreed].to_vec();
         self.committed.extend(newly.iter().cloned());
         self.in_buffer += newly.len();
@@ -316,6 +327,20 @@ mod tests {
         let fin = p.update(words("are your leaves did you like", 1.0)).unwrap();
         assert!(fin.is_empty());
         assert_eq!(texts(p.partial()), ["you", "like"]);
+    }
+
+    #[test]
+    fn nothing_is_final_while_commits_are_held() {
+        // The LibriSpeech long-form start: two passes on the first two seconds agree on a
+        // misreading, and the third, which hears the next words, reads it right.
+        let mut p = LocalAgreement::default();
+        p.hold_commits(true);
+        assert!(p.update(words("reply to him", 0.0)).unwrap().is_empty());
+        assert!(p.update(words("reply to him", 0.0)).unwrap().is_empty(), "agreement is held");
+        assert_eq!(texts(p.partial()), ["reply", "to", "him"]);
+        p.hold_commits(false);
+        assert!(p.update(words("replied he of a truth", 0.0)).unwrap().is_empty());
+        assert_eq!(texts(&p.update(words("replied he of a truth i heard", 0.0)).unwrap()), ["replied", "he", "of", "a", "truth"]);
     }
 
     #[test]

@@ -31,6 +31,14 @@ const WORD_CUT_MARGIN_S: f64 = 1.0;
 /// Decoding of a step stops past 10 + this many tokens per second of buffer: fast speech
 /// stays under 5 (timestamps included), a loop on a short buffer does not.
 const MAX_TOKENS_PER_SECOND: f64 = 6.0;
+/// An utterance's own audio (from its pre-roll) must be this long before two hypotheses of it
+/// may agree on final words: on a second or two of isolated speech tiny.en is confidently
+/// wrong ("reply to him" for "replied he", in two passes in a row) and right once the next
+/// words follow.
+const MIN_AGREEMENT_AUDIO_S: f64 = 3.0;
+/// When the voice gate closes on an utterance shorter than that, it stays open this long for
+/// more speech (no passes run meanwhile) before its words are made final on their own.
+const SHORT_UTTERANCE_HOLD_S: f64 = 2.0;
 
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -129,6 +137,11 @@ struct State<'a> {
     speech_in_buffer: bool,
     /// Whether the current utterance has produced words yet (until then steps are short).
     heard_words: bool,
+    /// Stream time where the current utterance's own audio (its pre-roll) starts.
+    utterance_start: f64,
+    /// Stream time at which the voice gate closed on a short utterance that is held open for
+    /// more speech (see [`SHORT_UTTERANCE_HOLD_S`]).
+    held_since: Option<f64>,
     /// The last segment of the previous utterance: its audio, stream start and final words.
     context: Option<(Vec<f32>, f64, usize)>,
     /// The last hypothesis' last segment: stream start, end and word count.
@@ -235,6 +248,7 @@ impl State<'_> {
             return Ok(());
         }
         let hypothesis_words = words.len();
+        self.policy.hold_commits(self.buffer.end() - self.utterance_start < MIN_AGREEMENT_AUDIO_S);
         let Some(finals) = self.policy.update(words) else {
             // Nor is one that stopped before the words already final (see `update`).
             self.skip_hypothesis();
@@ -267,7 +281,7 @@ impl State<'_> {
             // Nothing agreed for too long: make it final rather than grow past one window.
             let rest = self.policy.flush();
             self.emit_finals(rest);
-            self.clear_buffer();
+            self.clear_buffer_keeping(0);
             return;
         }
         if len_s > self.opts.trim_s {
@@ -298,8 +312,9 @@ impl State<'_> {
         self.buffer.drain_before(at) > 0.0
     }
 
-    fn clear_buffer(&mut self) {
-        self.buffer.clear();
+    /// Empty the buffer of all but its last `samples`, which belong to no utterance yet.
+    fn clear_buffer_keeping(&mut self, samples: usize) {
+        self.buffer.keep_last(samples);
         self.speech_in_buffer = false;
         self.policy.cleared();
         self.cut = None;
@@ -324,14 +339,18 @@ impl State<'_> {
     /// in front of it, and its words are known to be final already.
     fn start_utterance(&mut self) {
         self.heard_words = false;
+        self.utterance_start = self.buffer.start();
         if let Some((audio, at, words)) = self.context.take() {
             self.buffer.prepend(&audio, at);
             self.policy.trimmed_keeping(words);
         }
     }
 
-    /// End of an utterance: one last pass, then everything pending is final.
+    /// End of an utterance: one last pass, then everything pending is final. The last
+    /// pre-roll of audio stays: the next utterance may already have started in it (the gate
+    /// can close and open again within one chunk).
     fn finish_utterance(&mut self) -> Result<()> {
+        self.held_since = None;
         if self.speech_in_buffer {
             self.process()?;
             let rest = self.policy.flush();
@@ -339,15 +358,36 @@ impl State<'_> {
             self.emit_partial();
             self.keep_context();
         }
-        self.clear_buffer();
+        self.clear_buffer_keeping((self.opts.preroll_s * RATE) as usize);
         Ok(())
     }
 
+    /// The voice gate closed: finish the utterance, or hold a short one open for more speech.
+    fn speech_stopped(&mut self) -> Result<()> {
+        let speech_end = self.buffer.end() - self.opts.vad_hangover_s;
+        if speech_end - self.utterance_start < MIN_AGREEMENT_AUDIO_S {
+            self.held_since = Some(self.buffer.end());
+            return Ok(());
+        }
+        self.finish_utterance()
+    }
+
+    /// Take a chunk of audio a voice-gate frame at a time, so an utterance ends where the gate
+    /// closed and the rest of the chunk (maybe the next utterance's first sound) is not
+    /// decoded as part of it.
     fn push_audio(&mut self, chunk: &[f32]) -> Result<()> {
+        // The whole chunk has arrived, whatever part of it a step below is decided on.
         self.received += chunk.len();
         if self.paused {
             return Ok(());
         }
+        for piece in chunk.chunks(super::vad::FRAME) {
+            self.push_piece(piece)?;
+        }
+        Ok(())
+    }
+
+    fn push_piece(&mut self, chunk: &[f32]) -> Result<()> {
         let was_speaking = self.vad.is_speech();
         let speech = self.vad.push(chunk);
         self.buffer.extend(chunk);
@@ -362,8 +402,18 @@ impl State<'_> {
             self.since_step = 0;
             return Ok(());
         }
+        if let Some(closed_at) = self.held_since {
+            if speech {
+                // More speech: the held utterance goes on; its next pass hears both parts.
+                self.held_since = None;
+                self.since_step = 0;
+            } else if self.buffer.end() - closed_at >= SHORT_UTTERANCE_HOLD_S {
+                return self.finish_utterance();
+            }
+            return Ok(());
+        }
         if was_speaking && !self.vad.is_speech() {
-            return self.finish_utterance();
+            return self.speech_stopped();
         }
         Ok(())
     }
@@ -373,7 +423,7 @@ impl State<'_> {
     /// one pass on the latest audio instead of one per step it missed.
     fn step_if_due(&mut self) -> Result<()> {
         let due = if self.heard_words { self.opts.step_s } else { self.opts.first_step_s };
-        if self.speech_in_buffer && !self.paused && self.since_step as f64 / RATE >= due {
+        if self.speech_in_buffer && self.held_since.is_none() && !self.paused && self.since_step as f64 / RATE >= due {
             self.process()?;
         }
         Ok(())
@@ -417,6 +467,8 @@ pub fn run_recognizer(
         since_step: 0,
         speech_in_buffer: false,
         heard_words: false,
+        utterance_start: 0.0,
+        held_since: None,
         context: None,
         last_segment: None,
         draft: None,
