@@ -303,6 +303,11 @@ struct StreamBenchArgs {
     /// Replay the manifest this many times (memory and latency drift over a long session).
     #[arg(long, default_value_t = 1)]
     loops: usize,
+    /// Instead of replaying in real time, simulate a recogniser whose passes take no time:
+    /// the same decisions on every run (for comparing policies; latencies are then the
+    /// algorithmic part only, and --speed is ignored).
+    #[arg(long)]
+    simulate: bool,
     #[command(flatten)]
     stream: StreamArgs,
     /// Write the full report here.
@@ -616,6 +621,7 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
 
 fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
     use coda_asr::stream::bench::{percentile, read_segments, replay_file, rss_mb, score_replay, speech_onset_s};
+    use coda_asr::stream::recognizer::simulate_recognizer;
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
     let entries = eval::read_manifest(&args.manifest)?;
@@ -627,8 +633,13 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
     for lap in 0..args.loops {
         for e in &entries {
             let utterances = segments.get(&e.id).with_context(|| format!("{}: no segments for {}", args.segments.display(), e.id))?;
-            let onset = speech_onset_s(&coda_asr::audio::load_mono_16k(&e.wav)?);
-            let events = replay_file(&transcriber, &e.wav, args.speed, opts.clone())?;
+            let audio = coda_asr::audio::load_mono_16k(&e.wav)?;
+            let onset = speech_onset_s(&audio);
+            let events = if args.simulate {
+                simulate_recognizer(&transcriber, &audio, opts.clone())?
+            } else {
+                replay_file(&transcriber, &e.wav, args.speed, opts.clone())?
+            };
             let r = score_replay(&e.id, &events, utterances, onset, rss_start);
             eprintln!(
                 "lap {lap} {}: streaming WER {:.2}%, latency median {:.2} s p90 {:.2} s, first partial {:.2} s after speech at {:.2} s, compute/audio {:.2}, r {:.1}, RSS {:.0} MB",
@@ -672,7 +683,12 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
     println!("| metric | value |\n| --- | --- |");
     println!("| model / encoder | {} {} |", model.name(), if model.coda.is_some() { "CoDA" } else { "dense" });
     println!("| utterances | {} |", latencies.len());
-    println!("| final latency median / p90 (s) | {:.2} / {:.2} |", percentile(&latencies, 0.5), percentile(&latencies, 0.9));
+    println!(
+        "| final latency median / p90 (s){} | {:.2} / {:.2} |",
+        if args.simulate { ", simulated: algorithmic only" } else { "" },
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9)
+    );
     println!("| first partial after speech starts (s, worst) | {:.2} |", first_partials.iter().copied().fold(0.0, f64::max));
     println!("| streaming WER % (first lap) | {:.2} |", stream_counts.wer());
     println!("| batch WER % (same files, same encoder) | {:.2} |", batch_counts.wer());

@@ -48,6 +48,8 @@ pub struct ReplayReport {
     pub first_partial_after_speech_s: Option<f64>,
     pub streaming_wer: f64,
     pub finals: String,
+    /// Every final event: when it was emitted (stream seconds) and its text, for a closer look.
+    pub final_events: Vec<(f64, String)>,
     pub compute_over_audio: f64,
     pub mean_reduction: f64,
     pub dropped_samples: u64,
@@ -115,6 +117,7 @@ pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], spee
         first_partial_after_speech_s: first_partial,
         streaming_wer: crate::eval::score(&reference, &text).wer(),
         finals: text,
+        final_events: finals.iter().map(|(at, text)| (*at, text.to_string())).collect(),
         compute_over_audio: last.map_or(0.0, |s| s.compute_total_s / s.audio_s.max(1e-9)),
         mean_reduction: if computing.is_empty() {
             1.0

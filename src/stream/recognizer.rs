@@ -149,7 +149,9 @@ struct State<'a> {
     /// The last hypothesis' tokens and the buffer start they were decoded at: the next step's
     /// draft while the buffer only grows (its timestamps are relative to the buffer start).
     draft: Option<(Vec<u32>, f64)>,
-    started: Instant,
+    /// The wall clock a live or replayed stream runs on; `None` in a simulation, whose clock is
+    /// the audio received (see [`simulate_recognizer`]).
+    started: Option<Instant>,
     stats: StreamStats,
     events: Sender<Event>,
     dropped: Arc<AtomicU64>,
@@ -160,7 +162,10 @@ struct State<'a> {
 
 impl State<'_> {
     fn now_audio(&self) -> f64 {
-        self.started.elapsed().as_secs_f64() * self.opts.speed
+        match self.started {
+            Some(started) => started.elapsed().as_secs_f64() * self.opts.speed,
+            None => self.received as f64 / RATE,
+        }
     }
 
     fn send(&self, e: Event) {
@@ -444,6 +449,62 @@ impl State<'_> {
     }
 }
 
+impl<'a> State<'a> {
+    /// A recogniser with nothing heard yet; the decoder's padding is warmed up (before any
+    /// speech, while the first audio queues up).
+    fn new(t: &'a Transcriber<'a>, opts: StreamOptions, events: Sender<Event>, dropped: Arc<AtomicU64>, started: Option<Instant>) -> Self {
+        let mut controller = BudgetController::new(opts.reductions.clone(), opts.budget, opts.start_reduction);
+        controller.fixed = opts.fixed_reduction;
+        let s = State {
+            t,
+            vad: Vad::new(opts.vad_hangover_s),
+            controller,
+            opts,
+            policy: LocalAgreement::default(),
+            buffer: AudioBuffer::default(),
+            received: 0,
+            since_step: 0,
+            speech_in_buffer: false,
+            heard_words: false,
+            utterance_start: 0.0,
+            held_since: None,
+            context: None,
+            last_segment: None,
+            draft: None,
+            started,
+            stats: StreamStats::default(),
+            events,
+            dropped,
+            paused: false,
+            cut: None,
+        };
+        if let Err(e) = t.warm_up_padding() {
+            s.send(Event::Error { message: format!("{e:#}") });
+        }
+        s
+    }
+}
+
+/// The recogniser's decisions on a whole recording as if every pass took no time: steps fall
+/// exactly every `step_s` of audio and events are stamped with the audio time they were
+/// decided at (algorithmic latency). Unlike a real-time replay, whose steps move with the
+/// machine's load, the outcome depends only on the audio and the options, so policy changes
+/// can be compared without run-to-run noise. Compute is still measured and reported.
+pub fn simulate_recognizer(t: &Transcriber, audio: &[f32], opts: StreamOptions) -> Result<Vec<Event>> {
+    let (events, received) = crossbeam_channel::unbounded();
+    let mut s = State::new(t, opts, events, Arc::new(AtomicU64::new(0)), None);
+    // 10 ms blocks, as the capture path delivers them.
+    for block in audio.chunks(160) {
+        s.push_audio(block)?;
+        s.step_if_due()?;
+    }
+    s.finish_utterance()?;
+    s.publish_stats();
+    s.send(Event::Ended);
+    drop(s);
+    Ok(received.try_iter().collect())
+}
+
 /// Run until the audio channel closes or `Stop` arrives; always ends with finals flushed and
 /// an `Ended` event.
 pub fn run_recognizer(
@@ -454,35 +515,7 @@ pub fn run_recognizer(
     opts: StreamOptions,
     dropped: Arc<AtomicU64>,
 ) -> Result<()> {
-    let mut controller = BudgetController::new(opts.reductions.clone(), opts.budget, opts.start_reduction);
-    controller.fixed = opts.fixed_reduction;
-    let mut s = State {
-        t,
-        vad: Vad::new(opts.vad_hangover_s),
-        controller,
-        opts,
-        policy: LocalAgreement::default(),
-        buffer: AudioBuffer::default(),
-        received: 0,
-        since_step: 0,
-        speech_in_buffer: false,
-        heard_words: false,
-        utterance_start: 0.0,
-        held_since: None,
-        context: None,
-        last_segment: None,
-        draft: None,
-        started: Instant::now(),
-        stats: StreamStats::default(),
-        events,
-        dropped,
-        paused: false,
-        cut: None,
-    };
-    // Before any speech, while the first audio queues up.
-    if let Err(e) = t.warm_up_padding() {
-        s.send(Event::Error { message: format!("{e:#}") });
-    }
+    let mut s = State::new(t, opts, events, dropped, Some(Instant::now()));
     let result = (|| -> Result<()> {
         loop {
             while let Ok(c) = control.try_recv() {
