@@ -90,13 +90,6 @@ impl AudioBuffer {
         self.drain(self.samples.len().saturating_sub(n));
     }
 
-    /// Empty the buffer; the next sample is at the current end.
-    pub fn clear(&mut self) {
-        self.start = self.end();
-        self.samples.clear();
-        self.splice = None;
-    }
-
     /// The audio between stream times `from` and `to`, and the stream time it starts at.
     pub fn slice(&self, from: f64, to: f64) -> (Vec<f32>, f64) {
         let (a, b) = (self.index_of(from), self.index_of(to));
@@ -164,7 +157,7 @@ mod tests {
         assert_eq!((audio.len(), at), (24_000, 6.0));
         b.keep_last(16_000);
         assert_eq!(b.start(), 8.0);
-        b.clear();
-        assert_eq!((b.start(), b.len()), (9.0, 0));
+        b.keep_last(0);
+        assert_eq!((b.start(), b.len()), (9.0, 0), "emptied, the next sample is at the end");
     }
 }

@@ -352,8 +352,7 @@ impl State<'_> {
     }
 
     /// End of an utterance: one last pass, then everything pending is final. The last
-    /// pre-roll of audio stays: the next utterance may already have started in it (the gate
-    /// can close and open again within one chunk).
+    /// pre-roll of audio stays, as while idle, for an utterance that starts right after.
     fn finish_utterance(&mut self) -> Result<()> {
         self.held_since = None;
         if self.speech_in_buffer {
