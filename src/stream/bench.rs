@@ -136,22 +136,8 @@ pub fn score_replay(file: &str, events: &[Event], utterances: &[Utterance], spee
 /// recogniser's own word-time estimates, which can be seconds off inside a long segment. An
 /// utterance none of whose words were recognised has no latency.
 pub fn utterance_latencies(finals: &[(f64, &str)], utterances: &[Utterance]) -> Vec<f64> {
-    let mut hypothesis: Vec<String> = Vec::new();
-    let mut emitted_at: Vec<f64> = Vec::new();
-    for (at, text) in finals {
-        for w in crate::eval::normalize::normalize(text).split_whitespace() {
-            hypothesis.push(w.to_string());
-            emitted_at.push(*at);
-        }
-    }
-    let mut reference: Vec<String> = Vec::new();
-    let mut utterance_of: Vec<usize> = Vec::new();
-    for (u, utterance) in utterances.iter().enumerate() {
-        for w in crate::eval::normalize::normalize(&utterance.reference).split_whitespace() {
-            reference.push(w.to_string());
-            utterance_of.push(u);
-        }
-    }
+    let (hypothesis, emitted_at) = normalised_words(finals.iter().map(|(at, text)| (*at, *text)));
+    let (reference, utterance_of) = normalised_words(utterances.iter().enumerate().map(|(u, utt)| (u, utt.reference.as_str())));
     let (r, h): (Vec<&str>, Vec<&str>) = (reference.iter().map(String::as_str).collect(), hypothesis.iter().map(String::as_str).collect());
     let mut final_at: Vec<Option<f64>> = vec![None; utterances.len()];
     for pair in crate::eval::wer::align(&r, &h) {
@@ -161,6 +147,19 @@ pub fn utterance_latencies(finals: &[(f64, &str)], utterances: &[Utterance]) -> 
         }
     }
     final_at.iter().zip(utterances).filter_map(|(at, u)| at.map(|at| (at - u.end_s).max(0.0))).collect()
+}
+
+/// The words of several texts, normalised as for WER, each with its text's tag.
+fn normalised_words<'t, T: Copy>(texts: impl Iterator<Item = (T, &'t str)>) -> (Vec<String>, Vec<T>) {
+    let mut words = Vec::new();
+    let mut tags = Vec::new();
+    for (tag, text) in texts {
+        for w in crate::eval::normalize::normalize(text).split_whitespace() {
+            words.push(w.to_string());
+            tags.push(tag);
+        }
+    }
+    (words, tags)
 }
 
 pub fn read_segments(path: &Path) -> Result<std::collections::HashMap<String, Vec<Utterance>>> {

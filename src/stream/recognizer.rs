@@ -433,6 +433,14 @@ impl State<'_> {
         Ok(())
     }
 
+    /// The stream is over: finals flushed, last stats, `Ended`.
+    fn end_stream(&mut self) -> Result<()> {
+        let flushed = self.finish_utterance();
+        self.publish_stats();
+        self.send(Event::Ended);
+        flushed
+    }
+
     fn publish_stats(&mut self) {
         self.stats.audio_s = self.received as f64 / RATE;
         self.stats.buffer_s = self.buffer.len_s();
@@ -497,9 +505,7 @@ pub fn simulate_recognizer(t: &Transcriber, audio: &[f32], opts: StreamOptions) 
         s.push_audio(block)?;
         s.step_if_due()?;
     }
-    s.finish_utterance()?;
-    s.publish_stats();
-    s.send(Event::Ended);
+    s.end_stream()?;
     drop(s);
     Ok(received.try_iter().collect())
 }
@@ -547,8 +553,6 @@ pub fn run_recognizer(
     if let Err(e) = &result {
         s.send(Event::Error { message: format!("{e:#}") });
     }
-    let _ = s.finish_utterance();
-    s.publish_stats();
-    s.send(Event::Ended);
+    let _ = s.end_stream();
     result
 }
