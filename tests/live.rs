@@ -2,8 +2,10 @@
 //! `coda-asr live --input` end to end on a real clip and on noise.
 
 mod common;
+use coda_asr::stream::recognizer::streaming_pass;
 use coda_asr::stream::source::{start_resampler, CaptureQueue};
 use coda_asr::stream::{Event, StreamStats};
+use coda_asr::transcribe::{TranscribeOptions, Transcriber};
 use coda_asr::tui::state::App;
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -245,4 +247,25 @@ fn no_input_device_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no input device matches \"no-such-device-anywhere\""), "{stderr}");
+}
+
+#[test]
+fn a_pass_derailed_by_its_prompt_is_decoded_again_without_it() {
+    // Seen on a long-form replay of train.tsv clips: "Chapter 7 The" was final and out of the
+    // buffer, which held "Timely Rescue. It was no pleasant thought to contemplate…"; every
+    // pass prompted with the committed text read it as "The".
+    let wav = common::speech_dir().join("audio/librispeech_train_clean_100/4014-186175-0000.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let buffer = &audio[(2.895 * 16_000.0) as usize..(7.245 * 16_000.0) as usize];
+    let t = Transcriber::new(common::tiny_en());
+    let opts = TranscribeOptions {
+        initial_prompt: Some("let alone their children. Chapter 7 The".into()),
+        condition_on_previous_text: false,
+        temperatures: vec![0.0],
+        ..Default::default()
+    };
+    let prompted = t.transcribe(buffer, &opts, &mut |_| {}).unwrap();
+    assert!(!prompted.text.contains("pleasant"), "the recorded failure no longer happens: {:?}", prompted.text);
+    let (pass, _) = streaming_pass(&t, buffer, &opts).unwrap();
+    assert!(pass.text.contains("no pleasant thought"), "{:?}", pass.text);
 }

@@ -38,6 +38,8 @@ pub struct LocalAgreement {
     rejected_in_a_row: usize,
     /// While set, agreement commits nothing (see [`Self::hold_commits`]).
     commits_held: bool,
+    /// Hypotheses in a row since the buffer last changed shape that added no word.
+    passes_without_words: usize,
 }
 
 impl LocalAgreement {
@@ -58,6 +60,13 @@ impl LocalAgreement {
     /// him", twice, and hears it right once the next words follow).
     pub fn hold_commits(&mut self, hold: bool) {
         self.commits_held = hold;
+    }
+
+    /// Hypotheses in a row, since the buffer was last cut, that added no word: rejected ones,
+    /// and accepted ones with nothing new final and no partial. While speech goes on, two in a
+    /// row mean Whisper has stopped at a sentence end and will keep stopping there.
+    pub fn passes_without_words(&self) -> usize {
+        self.passes_without_words
     }
 
     /// End time of the last final word (0 before any).
@@ -81,6 +90,7 @@ impl LocalAgreement {
             }
         } else if self.rejected_in_a_row < MAX_REJECTED_IN_A_ROW {
             self.rejected_in_a_row += 1;
+            self.passes_without_words += 1;
             return None;
         } else {
             // Consistently read otherwise: take it, less a prefix that matches some stretch of
@@ -100,6 +110,7 @@ impl LocalAgreement {
         self.committed.extend(newly.iter().cloned());
         self.in_buffer += newly.len();
         self.previous = fresh[agreed..].to_vec();
+        self.passes_without_words = if newly.is_empty() && self.previous.is_empty() { self.passes_without_words + 1 } else { 0 };
         newly
     }
 
@@ -116,18 +127,21 @@ impl LocalAgreement {
     pub fn trimmed(&mut self, cut: f64) {
         let still = self.committed.iter().rev().take_while(|w| w.end > cut - 0.3).count();
         self.in_buffer = still.max(self.in_buffer.min(2)).min(self.committed.len());
+        self.passes_without_words = 0;
     }
 
     /// The buffer was cut at a segment boundary behind which `still_in_buffer` committed words
     /// are still heard (exact, unlike [`Self::trimmed`]'s time estimate).
     pub fn trimmed_keeping(&mut self, still_in_buffer: usize) {
         self.in_buffer = still_in_buffer.min(self.committed.len());
+        self.passes_without_words = 0;
     }
 
     /// The buffer was emptied.
     pub fn cleared(&mut self) {
         self.in_buffer = 0;
         self.previous.clear();
+        self.passes_without_words = 0;
     }
 
     pub fn partial(&self) -> &[Word] {
@@ -315,6 +329,39 @@ mod tests {
         let fin = p.update(words(&format!("{heard} rectangle felt"), 0.0)).unwrap();
         assert_eq!(texts(&fin), ["rectangle"]);
         assert_eq!(p.committed().len(), 16);
+    }
+
+    #[test]
+    fn passes_that_stop_at_a_sentence_end_are_counted_until_the_buffer_is_cut() {
+        // Seen on a long-form replay (train.tsv clips): "Jeff" became final, then every pass
+        // of the growing buffer ended at "…from its opponents." and the spoken title after it
+        // was never decoded.
+        let mut p = LocalAgreement::default();
+        let sentence = "or which has received the slightest mark of approbation from its opponents";
+        p.update(words(&format!("{sentence} jeff"), 0.0));
+        p.update(words(&format!("{sentence} jeff the inquisitive"), 0.0));
+        assert_eq!(p.passes_without_words(), 0, "a pass with a partial adds words");
+        p.update(words(sentence, 0.0));
+        p.update(words(sentence, 0.0));
+        assert_eq!(p.passes_without_words(), 2);
+        // The recogniser cuts the buffer; the next pass starts near the unheard speech.
+        p.trimmed_keeping(2);
+        assert_eq!(p.passes_without_words(), 0);
+        let fin = p.update(words("opponents jeff the inquisitive by general rush c hawkins", 4.0)).unwrap();
+        assert!(fin.is_empty());
+        assert_eq!(texts(p.partial()), ["the", "inquisitive", "by", "general", "rush", "c", "hawkins"]);
+        assert_eq!(p.passes_without_words(), 0);
+    }
+
+    #[test]
+    fn an_ordinary_stream_of_hypotheses_never_counts_as_stalled() {
+        let mut p = LocalAgreement::default();
+        let text = "one two three four five six seven eight nine ten eleven twelve";
+        let all: Vec<&str> = text.split_whitespace().collect();
+        for n in 2..=all.len() {
+            p.update(words(&all[..n].join(" "), 0.0));
+            assert_eq!(p.passes_without_words(), 0, "after {n} words");
+        }
     }
 
     #[test]

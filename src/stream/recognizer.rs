@@ -14,7 +14,7 @@ use super::controller::BudgetController;
 use super::policy::{segment_cut, segments_to_words, LocalAgreement, Word};
 use super::vad::Vad;
 use crate::model::EncodeOptions;
-use crate::transcribe::{TranscribeOptions, Transcriber};
+use crate::transcribe::{TranscribeOptions, Transcriber, Transcript};
 use anyhow::Result;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
@@ -39,6 +39,37 @@ const MIN_AGREEMENT_AUDIO_S: f64 = 3.0;
 /// When the voice gate closes on an utterance shorter than that, it stays open this long for
 /// more speech (no passes run meanwhile) before its words are made final on their own.
 const SHORT_UTTERANCE_HOLD_S: f64 = 2.0;
+/// Hypotheses in a row that add no word while the voice gate stays open before the decoder
+/// is taken to be stuck at a sentence end (see [`State::unstick_if_stalled`]).
+const STALLED_STEPS: usize = 2;
+
+/// A pass whose least likely segment has a mean token log-probability under this (Whisper's
+/// `logprob_threshold`) is decoded again without the prompt.
+const UNLIKELY_LOGPROB: f64 = -1.0;
+
+/// One pass over the buffer, prompted with the committed text. The prompt can derail a pass:
+/// after a committed "…Chapter 7 The", the buffer "Timely Rescue. It was no pleasant thought…"
+/// came out as "The", pass after pass. Whisper's own fallback drops the prompt when it retries
+/// a decode; so does this, once, when the reading is unlikely, and keeps the likelier one.
+/// Returns the transcript and the encoder time of every decode it took.
+pub fn streaming_pass(t: &Transcriber, audio: &[f32], opts: &TranscribeOptions) -> Result<(Transcript, f64)> {
+    let first = t.transcribe(audio, opts, &mut |_| {})?;
+    if opts.initial_prompt.is_none() || least_likely_segment(&first) >= UNLIKELY_LOGPROB {
+        let encoder_ms = first.timings.encoder_ms;
+        return Ok((first, encoder_ms));
+    }
+    let bare = TranscribeOptions { initial_prompt: None, draft: Vec::new(), ..opts.clone() };
+    let retry = t.transcribe(audio, &bare, &mut |_| {})?;
+    let encoder_ms = first.timings.encoder_ms + retry.timings.encoder_ms;
+    // A silent retry (no segments) says nothing about the audio the first pass heard words in.
+    let better = !retry.segments.is_empty() && least_likely_segment(&retry) > least_likely_segment(&first);
+    Ok((if better { retry } else { first }, encoder_ms))
+}
+
+/// The lowest mean token log-probability of a transcript's segments (0 when it has none).
+fn least_likely_segment(tr: &Transcript) -> f64 {
+    tr.segments.iter().map(|s| s.avg_logprob).fold(0.0, f64::min)
+}
 
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -158,6 +189,9 @@ struct State<'a> {
     paused: bool,
     /// From the last hypothesis: where the buffer may be cut (see [`segment_cut`]).
     cut: Option<(f64, usize)>,
+    /// The last segment boundary any hypothesis put behind final words only: stream time and
+    /// how many words were final before it (kept when later hypotheses have none).
+    boundary: Option<(f64, usize)>,
 }
 
 impl State<'_> {
@@ -217,7 +251,7 @@ impl State<'_> {
             ..Default::default()
         };
         let t0 = Instant::now();
-        let tr = self.t.transcribe(self.buffer.samples(), &topts, &mut |_| {})?;
+        let (tr, encoder_ms) = streaming_pass(self.t, self.buffer.samples(), &topts)?;
         let compute = t0.elapsed().as_secs_f64();
         // Word times are spread over their segment in buffer time, then mapped to stream time: a
         // segment can span the left-out gap after the context, which has no audio.
@@ -231,7 +265,7 @@ impl State<'_> {
         if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
             let tm = &tr.timings;
             eprintln!(
-                "[{:.2}+{:.2}s step {step_audio:.2} r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}, rechecked {}: {:?}",
+                "[{:.2}+{:.2}s step {step_audio:.2} r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}, rechecked {}, logprob {:.2}: {:?}",
                 self.buffer.start(),
                 self.buffer.len_s(),
                 tm.mel_ms,
@@ -240,13 +274,14 @@ impl State<'_> {
                 tm.tokens,
                 topts.draft.len(),
                 tm.whole_window_rechecks,
+                least_likely_segment(&tr),
                 tr.text
             );
         }
         self.stats.step_compute_ms = compute * 1e3;
         self.stats.compute_total_s += compute;
         // The controller's choice is read at the next step, whatever becomes of this one.
-        self.controller.observe(compute, tr.timings.encoder_ms / 1e3, step_audio.max(self.opts.step_s * 0.5));
+        self.controller.observe(compute, encoder_ms / 1e3, step_audio.max(self.opts.step_s * 0.5));
         // A repetition loop (greedy decoding's failure mode) is not a hypothesis: keep the last.
         if tr.hit_token_limit || tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
             self.skip_hypothesis();
@@ -257,6 +292,7 @@ impl State<'_> {
         let Some(finals) = self.policy.update(words) else {
             // Nor is one that stopped before the words already final (see `update`).
             self.skip_hypothesis();
+            self.unstick_if_stalled();
             return Ok(());
         };
         self.draft = Some((tr.first_window_tokens.clone(), self.buffer.start()));
@@ -264,13 +300,44 @@ impl State<'_> {
         self.last_segment = segs.last().map(|(start, end, text)| (*start, *end, text.split_whitespace().count()));
         let segment_words: Vec<(f64, usize)> = segs.iter().map(|(_, end, text)| (*end, text.split_whitespace().count())).collect();
         self.cut = segment_cut(&segment_words, hypothesis_words - self.policy.partial().len());
+        if let Some((at, still_in_buffer)) = self.cut {
+            self.boundary = Some((at, self.policy.committed().len() - still_in_buffer));
+        }
         self.emit_finals(finals);
         self.emit_partial();
         self.stats.heavy_fraction = tr.encoder.heavy_fraction();
         self.stats.flops_saved_pct =
             if tr.encoder.dense_flops > 0.0 { 100.0 * (1.0 - tr.encoder.flops / tr.encoder.dense_flops) } else { 0.0 };
-        self.trim();
+        if !self.unstick_if_stalled() {
+            self.trim();
+        }
         Ok(())
+    }
+
+    /// Whisper sometimes ends a hypothesis at a sentence end with more speech after it, and
+    /// then every later pass of the growing buffer ends there too: the speech after it is
+    /// never decoded (a spoken title after "…from its opponents." was lost that way). The last
+    /// segment's end time cannot show it (it sits at the buffer end), so it shows as passes
+    /// that add no word while the gate hears speech. Cutting the buffer at the last segment
+    /// boundary behind final words makes the next pass start close to the unheard speech.
+    /// Returns whether the buffer was cut.
+    fn unstick_if_stalled(&mut self) -> bool {
+        if self.policy.passes_without_words() < STALLED_STEPS || !self.vad.is_speech() {
+            return false;
+        }
+        if let Some((at, final_before)) = self.boundary.take() {
+            if self.cut_buffer_at(at) {
+                self.policy.trimmed_keeping(self.policy.committed().len() - final_before);
+                return true;
+            }
+        }
+        // No boundary after the buffer start (one segment so far): cut where the trim's
+        // fallback does, a little before the estimated end of the final words.
+        let cut = self.cut_buffer_at(self.policy.committed_end() - WORD_CUT_MARGIN_S);
+        if cut {
+            self.policy.trimmed(self.buffer.start());
+        }
+        cut
     }
 
     /// The last hypothesis stays the one to agree with; its draft and segment are not reused.
@@ -323,6 +390,7 @@ impl State<'_> {
         self.speech_in_buffer = false;
         self.policy.cleared();
         self.cut = None;
+        self.boundary = None;
         self.last_segment = None;
     }
 
@@ -484,6 +552,7 @@ impl<'a> State<'a> {
             dropped,
             paused: false,
             cut: None,
+            boundary: None,
         };
         if let Err(e) = t.warm_up_padding() {
             s.send(Event::Error { message: format!("{e:#}") });
