@@ -97,7 +97,7 @@ impl Default for StreamOptions {
     fn default() -> Self {
         Self {
             step_s: 1.0,
-            first_step_s: 0.3,
+            first_step_s: 0.2,
             max_buffer_s: 28.0,
             trim_s: 12.0,
             budget: 0.5,
