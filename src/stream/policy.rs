@@ -38,7 +38,7 @@ pub struct LocalAgreement {
     rejected_in_a_row: usize,
     /// While set, agreement commits nothing (see [`Self::hold_commits`]).
     commits_held: bool,
-    /// Hypotheses in a row since the buffer last changed shape that added no word.
+    /// See [`Self::passes_without_words`].
     passes_without_words: usize,
 }
 
