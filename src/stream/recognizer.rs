@@ -326,18 +326,12 @@ impl State<'_> {
             return false;
         }
         if let Some((at, final_before)) = self.boundary.take() {
-            if self.cut_buffer_at(at) {
-                self.policy.trimmed_keeping(self.policy.committed().len() - final_before);
+            if self.cut_at_segment_boundary(at, self.policy.committed().len() - final_before) {
                 return true;
             }
         }
-        // No boundary after the buffer start (one segment so far): cut where the trim's
-        // fallback does, a little before the estimated end of the final words.
-        let cut = self.cut_buffer_at(self.policy.committed_end() - WORD_CUT_MARGIN_S);
-        if cut {
-            self.policy.trimmed(self.buffer.start());
-        }
-        cut
+        // No boundary after the buffer start (one segment so far).
+        self.cut_before_final_words_end()
     }
 
     /// The last hypothesis stays the one to agree with; its draft and segment are not reused.
@@ -359,21 +353,37 @@ impl State<'_> {
         if len_s > self.opts.trim_s {
             // At the end of the last segment that is all final, when there is one.
             if let Some((cut, still_in_buffer)) = self.cut.take() {
-                if self.cut_buffer_at(cut) {
-                    self.policy.trimmed_keeping(still_in_buffer);
+                if self.cut_at_segment_boundary(cut, still_in_buffer) {
                     return;
                 }
             }
         }
         if len_s > self.opts.trim_s + WORD_CUT_AFTER_S {
-            // No segment boundary to cut at: cut a little before the estimated end of the final
-            // words. Word times inside a long segment are estimates; cutting early only makes the
-            // next hypothesis repeat a few final words (matched and dropped by the policy), while
-            // cutting late would lose words nobody has seen final.
-            if self.cut_buffer_at(self.policy.committed_end() - WORD_CUT_MARGIN_S) {
-                self.policy.trimmed(self.buffer.start());
-            }
+            // No segment boundary to cut at.
+            self.cut_before_final_words_end();
         }
+    }
+
+    /// Cut the buffer at a segment boundary (stream time `at`) behind which `still_in_buffer`
+    /// final words are still heard. Returns whether it was cut.
+    fn cut_at_segment_boundary(&mut self, at: f64, still_in_buffer: usize) -> bool {
+        let cut = self.cut_buffer_at(at);
+        if cut {
+            self.policy.trimmed_keeping(still_in_buffer);
+        }
+        cut
+    }
+
+    /// Cut the buffer a little before the estimated end of the final words. Word times inside
+    /// a long segment are estimates; cutting early only makes the next hypothesis repeat a few
+    /// final words (matched and dropped by the policy), while cutting late would lose words
+    /// nobody has seen final. Returns whether it was cut.
+    fn cut_before_final_words_end(&mut self) -> bool {
+        let cut = self.cut_buffer_at(self.policy.committed_end() - WORD_CUT_MARGIN_S);
+        if cut {
+            self.policy.trimmed(self.buffer.start());
+        }
+        cut
     }
 
     /// Drop the buffer's audio before stream time `at`, if that is over a second of it.
