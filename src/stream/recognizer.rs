@@ -43,16 +43,6 @@ const SHORT_UTTERANCE_HOLD_S: f64 = 2.0;
 /// is taken to be stuck at a sentence end (see [`State::unstick_if_stalled`]).
 const STALLED_STEPS: usize = 2;
 
-/// Once the open voice gate has heard this much quiet, one pass runs on the utterance as it
-/// stands. If the gate then closes with no loud frame in between, that pass's words are made
-/// final at the close without another pass: the close costs no compute, and the quiet pass can
-/// already agree with the pass before it, so the utterance's last words are final while the
-/// gate's hangover still runs.
-const QUIET_PASS_S: f64 = 0.4;
-/// A pass that heard at least this much quiet after the speech counts as the quiet pass (a
-/// regular step that falls just before [`QUIET_PASS_S`] has heard the whole utterance too).
-const QUIET_HEARD_S: f64 = 0.3;
-
 /// A pass whose least likely segment has a mean token log-probability under this (Whisper's
 /// `logprob_threshold`) is decoded again without the prompt.
 const UNLIKELY_LOGPROB: f64 = -1.0;
@@ -178,9 +168,6 @@ struct State<'a> {
     speech_in_buffer: bool,
     /// Whether the current utterance has produced words yet (until then steps are short).
     heard_words: bool,
-    /// Whether a pass ran after [`QUIET_HEARD_S`] of quiet with no loud frame since, and if so
-    /// whether its hypothesis was accepted (then it stands as the last one at the gate's close).
-    quiet_pass: Option<bool>,
     /// Stream time where the current utterance's own audio (its pre-roll) starts.
     utterance_start: f64,
     /// Stream time at which the voice gate closed on a short utterance that is held open for
@@ -246,8 +233,6 @@ impl State<'_> {
         }
         let step_audio = self.since_step as f64 / RATE;
         self.since_step = 0;
-        let after_quiet = self.vad.quiet_s() >= QUIET_HEARD_S;
-        self.quiet_pass = after_quiet.then_some(false);
         let r = self.controller.reduction();
         let prompt = self.policy.prompt_words();
         let committed_text: String =
@@ -311,9 +296,6 @@ impl State<'_> {
             return Ok(());
         };
         self.draft = Some((tr.first_window_tokens.clone(), self.buffer.start()));
-        if after_quiet {
-            self.quiet_pass = Some(true);
-        }
         self.heard_words |= !finals.is_empty() || !self.policy.partial().is_empty();
         self.last_segment = segs.last().map(|(start, end, text)| (*start, *end, text.split_whitespace().count()));
         let segment_words: Vec<(f64, usize)> = segs.iter().map(|(_, end, text)| (*end, text.split_whitespace().count())).collect();
@@ -416,7 +398,6 @@ impl State<'_> {
     fn clear_buffer_keeping(&mut self, samples: usize) {
         self.buffer.keep_last(samples);
         self.speech_in_buffer = false;
-        self.quiet_pass = None;
         self.policy.cleared();
         self.cut = None;
         self.boundary = None;
@@ -448,15 +429,12 @@ impl State<'_> {
         }
     }
 
-    /// End of an utterance: one last pass (unless the quiet pass heard it all already), then
-    /// everything pending is final. The last pre-roll of audio stays, as while idle, for an
-    /// utterance that starts right after.
+    /// End of an utterance: one last pass, then everything pending is final. The last
+    /// pre-roll of audio stays, as while idle, for an utterance that starts right after.
     fn finish_utterance(&mut self) -> Result<()> {
         self.held_since = None;
         if self.speech_in_buffer {
-            if self.quiet_pass != Some(true) {
-                self.process()?;
-            }
+            self.process()?;
             let rest = self.policy.flush();
             self.emit_finals(rest);
             self.emit_partial();
@@ -496,10 +474,6 @@ impl State<'_> {
         let speech = self.vad.push(chunk);
         self.buffer.extend(chunk);
         self.since_step += chunk.len();
-        if self.vad.is_speech() && self.vad.quiet_s() < QUIET_HEARD_S {
-            // A loud frame: the quiet pass, if any, no longer heard the utterance's end.
-            self.quiet_pass = None;
-        }
         if speech && !self.speech_in_buffer {
             self.speech_in_buffer = true;
             self.start_utterance();
@@ -526,14 +500,12 @@ impl State<'_> {
         Ok(())
     }
 
-    /// Re-transcribe if a step's worth of speech has arrived, or the quiet pass is due. Called
-    /// once all audio that arrived during the last step has been pushed, so a recogniser that
-    /// fell behind runs one pass on the latest audio instead of one per step it missed.
+    /// Re-transcribe if a step's worth of speech has arrived. Called once all audio that
+    /// arrived during the last step has been pushed, so a recogniser that fell behind runs
+    /// one pass on the latest audio instead of one per step it missed.
     fn step_if_due(&mut self) -> Result<()> {
         let due = if self.heard_words { self.opts.step_s } else { self.opts.first_step_s };
-        let quiet_pass_due = self.vad.quiet_s() >= QUIET_PASS_S && self.quiet_pass.is_none();
-        let step_due = self.since_step as f64 / RATE >= due;
-        if self.speech_in_buffer && self.held_since.is_none() && !self.paused && (step_due || quiet_pass_due) {
+        if self.speech_in_buffer && self.held_since.is_none() && !self.paused && self.since_step as f64 / RATE >= due {
             self.process()?;
         }
         Ok(())
@@ -579,7 +551,6 @@ impl<'a> State<'a> {
             since_step: 0,
             speech_in_buffer: false,
             heard_words: false,
-            quiet_pass: None,
             utterance_start: 0.0,
             held_since: None,
             context: None,

@@ -48,15 +48,6 @@ impl Vad {
         self.speaking
     }
 
-    /// How long the open gate has heard no loud frame, seconds (0 while closed).
-    pub fn quiet_s(&self) -> f64 {
-        if self.speaking {
-            (self.quiet_frames * FRAME) as f64 / 16_000.0
-        } else {
-            0.0
-        }
-    }
-
     pub fn noise_floor_db(&self) -> f64 {
         self.floor_db
     }
