@@ -246,6 +246,10 @@ struct StreamArgs {
     /// its first words are decoded in context (0: off).
     #[arg(long, default_value_t = StreamOptions::default().context_s)]
     context: f64,
+    /// Seconds of audio in the buffer past which it is cut at the end of the final words (more
+    /// is more context for each pass, at more compute per pass).
+    #[arg(long, default_value_t = StreamOptions::default().trim_s)]
+    trim: f64,
     /// Compute / audio ratio to stay under; r is raised when above.
     #[arg(long, default_value_t = StreamOptions::default().budget)]
     budget: f64,
@@ -274,6 +278,7 @@ impl StreamArgs {
             first_step_s: self.first_step,
             vad_hangover_s: self.hangover,
             context_s: self.context,
+            trim_s: self.trim,
             budget: self.budget,
             start_reduction: model.coda.as_ref().map_or(1.0, |c| c.config.default_reduction),
             fixed_reduction: self.reduction,

@@ -76,7 +76,9 @@ pub struct StreamOptions {
     pub step_s: f64,
     pub first_step_s: f64,
     pub max_buffer_s: f64,
-    /// Trim the buffer once it is longer than this.
+    /// Trim the buffer once it is longer than this. Long-form files from train.tsv, simulated:
+    /// 12 s 7.48 / 7.67 % WER, 16 s 6.86 / 7.37 %, 20 s 7.48 / 6.98 % (and a p90 latency of 2.2 s
+    /// against 1.5 s); a longer buffer gives each pass more context and fewer cuts.
     pub trim_s: f64,
     pub budget: f64,
     /// Available reduction factors (empty: dense encoder, nothing to adapt).
@@ -99,7 +101,7 @@ impl Default for StreamOptions {
             step_s: 1.0,
             first_step_s: 0.2,
             max_buffer_s: 28.0,
-            trim_s: 12.0,
+            trim_s: 16.0,
             budget: 0.5,
             reductions: Vec::new(),
             start_reduction: 1.0,
