@@ -24,6 +24,13 @@ const SKIPPABLE_WORDS: usize = 3;
 /// differs from the final words (say "1848" for "eighteen forty-eight") must not stall the
 /// stream.
 const MAX_REJECTED_IN_A_ROW: usize = 2;
+/// A word read differently by three hypotheses in a row ("woodcutters", "wood putters",
+/// "woodcutters", …) would hold back everything after it until the voice gate closes; it is
+/// settled as the newest hypothesis reads it once this many words after it agree.
+const SETTLING_WORDS: usize = 2;
+/// Longest run of words, on either side, that is compared as one when the hypotheses write
+/// the same letters apart and together, or settled as one disputed reading.
+const MAX_MERGED_WORDS: usize = 3;
 
 #[derive(Debug, Default)]
 pub struct LocalAgreement {
@@ -40,6 +47,9 @@ pub struct LocalAgreement {
     commits_held: bool,
     /// See [`Self::passes_without_words`].
     passes_without_words: usize,
+    /// The last agreement stopped at a word the two hypotheses read differently (now the
+    /// first word of `previous`).
+    disputed: bool,
 }
 
 impl LocalAgreement {
@@ -104,8 +114,13 @@ impl LocalAgreement {
     /// LocalAgreement on the words after the final ones.
     fn agree(&mut self, fresh: Vec<Word>) -> Vec<Word> {
         self.rejected_in_a_row = 0;
-        let agreed =
-            if self.commits_held { 0 } else { self.previous.iter().zip(&fresh).take_while(|(a, b)| key(&a.text) == key(&b.text)).count() };
+        let agreement = if self.commits_held {
+            Agreement { fresh_words: 0, stopped_at_mismatch: false }
+        } else {
+            agreement(&self.previous, &fresh, self.disputed)
+        };
+        self.disputed = agreement.stopped_at_mismatch;
+        let agreed = agreement.fresh_words;
         let newly: Vec<Word> = fresh[..agreed].to_vec();
         self.committed.extend(newly.iter().cloned());
         self.in_buffer += newly.len();
@@ -117,6 +132,7 @@ impl LocalAgreement {
     /// Make everything pending final (end of speech or of the stream).
     pub fn flush(&mut self) -> Vec<Word> {
         let rest = std::mem::take(&mut self.previous);
+        self.disputed = false;
         self.committed.extend(rest.iter().cloned());
         self.in_buffer += rest.len();
         rest
@@ -141,6 +157,7 @@ impl LocalAgreement {
     pub fn cleared(&mut self) {
         self.in_buffer = 0;
         self.previous.clear();
+        self.disputed = false;
         self.passes_without_words = 0;
     }
 
@@ -179,6 +196,66 @@ impl LocalAgreement {
     /// committed (plus slack for split words) are not repetitions.
     fn repeat_candidates<'h>(&self, hypothesis: &'h [Word]) -> &'h [Word] {
         &hypothesis[..hypothesis.len().min(self.in_buffer + 2)]
+    }
+}
+
+/// How far two consecutive hypotheses (after the final words) agree.
+struct Agreement {
+    /// Leading words of the newer hypothesis that are agreed on.
+    fresh_words: usize,
+    /// Whether agreement ended at words the two read differently, rather than at the end of
+    /// one of them.
+    stopped_at_mismatch: bool,
+}
+
+/// LocalAgreement's longest common prefix, word by word, where words written apart in one
+/// hypothesis and together in the other agree when their letters do ("woodcutters" / "wood
+/// cutters"). With `settle_first` (the first words were in dispute last time too), a first
+/// reading that differs again is taken from `fresh` when the [`SETTLING_WORDS`] after it agree.
+fn agreement(previous: &[Word], fresh: &[Word], settle_first: bool) -> Agreement {
+    let (mut i, mut j) = (0, 0);
+    while i < previous.len() && j < fresh.len() {
+        match same_letters(&previous[i..], &fresh[j..]) {
+            Some((a, b)) => (i, j) = (i + a, j + b),
+            None => break,
+        }
+    }
+    if j == 0 && settle_first && !previous.is_empty() && !fresh.is_empty() {
+        // The disputed words: fewest first; one side may have none (a word left out).
+        let mut spans: Vec<(usize, usize)> =
+            (0..=MAX_MERGED_WORDS).flat_map(|a| (0..=MAX_MERGED_WORDS).map(move |b| (a, b))).filter(|&(a, b)| a + b > 0).collect();
+        spans.sort_by_key(|&(a, b)| a + b);
+        for (a, b) in spans {
+            if a >= previous.len() || b >= fresh.len() {
+                continue;
+            }
+            let rest = agreement(&previous[a..], &fresh[b..], false);
+            if rest.fresh_words >= SETTLING_WORDS {
+                return Agreement { fresh_words: b + rest.fresh_words, ..rest };
+            }
+        }
+    }
+    Agreement { fresh_words: j, stopped_at_mismatch: i < previous.len() && j < fresh.len() }
+}
+
+/// The shortest runs of words at the heads of `a` and `b` (up to [`MAX_MERGED_WORDS`] each)
+/// with the same letters, as word counts; `None` when the heads differ.
+fn same_letters(a: &[Word], b: &[Word]) -> Option<(usize, usize)> {
+    let (mut x, mut y) = (1, 1);
+    let (mut la, mut lb) = (key(&a[0].text), key(&b[0].text));
+    loop {
+        if la == lb {
+            return Some((x, y));
+        }
+        if la.len() < lb.len() && lb.starts_with(&la) && x < a.len().min(MAX_MERGED_WORDS) {
+            la.push_str(&key(&a[x].text));
+            x += 1;
+        } else if lb.len() < la.len() && la.starts_with(&lb) && y < b.len().min(MAX_MERGED_WORDS) {
+            lb.push_str(&key(&b[y].text));
+            y += 1;
+        } else {
+            return None;
+        }
     }
 }
 
@@ -456,6 +533,45 @@ mod tests {
         assert_eq!(texts(&b), ["four"]);
         let all: Vec<&str> = texts(p.committed());
         assert_eq!(all, ["one", "two", "three", "four"]);
+    }
+
+    #[test]
+    fn words_written_apart_and_together_agree() {
+        let mut p = LocalAgreement::default();
+        p.update(words("took impressions from woodblocks engraved", 0.0));
+        let fin = p.update(words("took impressions from wood blocks engraved in relief", 0.0)).unwrap();
+        assert_eq!(texts(&fin), ["took", "impressions", "from", "wood", "blocks", "engraved"], "the newer spelling is final");
+    }
+
+    #[test]
+    fn a_word_read_differently_pass_after_pass_is_settled_by_the_newest_reading() {
+        // Seen on a long-form replay with CoDA at r = 4: the passes alternated between
+        // "woodcutters" and "wood putters", and nothing after it was final for 10 s.
+        let mut p = LocalAgreement::default();
+        let before = "for centuries before the";
+        p.update(words(&format!("{before} woodcutters of"), 0.0));
+        let fin = p.update(words(&format!("{before} wood putters of the netherlands"), 0.0)).unwrap();
+        assert_eq!(texts(&fin), ["for", "centuries", "before", "the"], "one disagreement settles nothing");
+        let fin = p.update(words(&format!("{before} woodcutters of the netherlands by a"), 0.0)).unwrap();
+        assert_eq!(texts(&fin), ["woodcutters", "of", "the", "netherlands"], "the second settles it as this pass reads it");
+        assert_eq!(texts(p.partial()), ["by", "a"]);
+        // Words after a dispute that do not agree settle nothing.
+        let mut p = LocalAgreement::default();
+        p.update(words("alpha beta gamma", 0.0));
+        p.update(words("alpha bravo delta", 0.0));
+        assert_eq!(p.update(words("alpha beta echo", 0.0)).unwrap(), vec![]);
+        assert_eq!(texts(p.partial()), ["beta", "echo"]);
+    }
+
+    #[test]
+    fn a_first_disagreement_after_agreement_ran_out_is_not_settled() {
+        let mut p = LocalAgreement::default();
+        p.update(words("one", 0.0));
+        // Agreement stops at the end of the shorter hypothesis: no word is in dispute.
+        p.update(words("one two three five", 0.0));
+        assert_eq!(p.update(words("one four three five six", 0.0)).unwrap(), vec![]);
+        assert_eq!(texts(p.committed()), ["one"]);
+        assert_eq!(texts(p.partial()), ["four", "three", "five", "six"]);
     }
 
     #[test]
