@@ -63,16 +63,28 @@ fn top_k_keeps_time_order() {
 
 #[test]
 fn grid_frames_are_evenly_spaced_in_time_order() {
-    assert_eq!(grid_frames(8, 4), vec![1, 3, 5, 7]);
-    assert_eq!(grid_frames(10, 4), vec![1, 3, 6, 8]);
-    assert_eq!(grid_frames(5, 5), vec![0, 1, 2, 3, 4]);
-    for (n, k) in [(750usize, 375usize), (751, 188), (1500, 188), (3, 1)] {
-        let g = grid_frames(n, k);
-        assert_eq!(g.len(), k);
-        assert!(g.windows(2).all(|w| w[0] < w[1]) && (*g.last().unwrap() as usize) < n, "n = {n}, k = {k}");
+    assert_eq!(grid_frames(8, 2.0), vec![1, 3, 5, 7]);
+    assert_eq!(grid_frames(10, 4.0), vec![2, 6, 9]);
+    assert_eq!(grid_frames(5, 1.0), vec![0, 1, 2, 3, 4]);
+    for (n, r) in [(750usize, 2.0), (751, 4.0), (1500, 8.0), (3, 4.0), (533, 3.0), (20, 1.5)] {
+        let g = grid_frames(n, r);
+        assert_eq!(g.len(), EncodeOptions { reduction: r }.heavy_frames(n), "k = ceil(n / r)");
+        assert!(g.windows(2).all(|w| w[0] < w[1]) && (*g.last().unwrap() as usize) < n, "n = {n}, r = {r}");
         // No stretch without a heavy frame is longer than the grid step.
-        let step = (n as f64 / k as f64).ceil() as u32;
-        assert!(g.windows(2).all(|w| w[1] - w[0] <= step));
+        assert!(g.windows(2).all(|w| (w[1] - w[0]) as f64 <= r.ceil()));
+    }
+}
+
+#[test]
+fn a_frame_keeps_its_place_on_the_grid_as_the_sequence_grows() {
+    // A streaming buffer grows by 50 frames a pass; a frame's routing must not change with it,
+    // or consecutive passes read the same audio differently.
+    for r in [2.0, 3.0, 4.0, 6.0, 8.0] {
+        for n in [300usize, 533, 1001] {
+            let (short, long) = (grid_frames(n, r), grid_frames(n + 50, r));
+            let inside = |g: &[u32]| g.iter().copied().filter(|&i| (i as f64) < n as f64 - r).collect::<Vec<_>>();
+            assert_eq!(inside(&short), inside(&long), "r = {r}, n = {n}");
+        }
     }
 }
 

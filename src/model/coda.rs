@@ -12,12 +12,12 @@
 //! monotone in s) and their λ is kept.
 //!
 //! [`Routing::Grid`] is the other routing this module offers, and the one the shipped adapters
-//! use: the heavy frames sit on a regular time grid (k = ceil(n / r) of them, evenly spaced) and
+//! use: the heavy frames sit on a regular time grid (k = ceil(n / r) of them, r frames apart) and
 //! every skipped frame gets the heavy update interpolated linearly from its two grid
 //! neighbours, y_i = x_i + adapter(x_i) + Δ̃_i. Speech encodings change little from one 20 ms
 //! frame to the next, so a skipped frame's update is close to its neighbours'; a learned top-k
 //! leaves runs of frames with no update at all, which the decoder has never seen (README,
-//! Measured, has both). The grid depends only on n, so no data leaves the device to route.
+//! Measured, has both). The grid depends only on n and r, so no data leaves the device to route.
 
 use super::encoder::{layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
 use super::layers::{normalize_last_dim, Gelu, Norm};
@@ -181,11 +181,17 @@ pub fn default_layers(routing: Routing, encoder_layers: usize) -> Vec<usize> {
     }
 }
 
-/// The k frames of n on an evenly spaced grid (each at the middle of its n / k stretch), in
-/// time order.
-pub fn grid_frames(n: usize, k: usize) -> Vec<u32> {
-    let k = k.clamp(1, n);
-    (0..k).map(|j| (((j as f64 + 0.5) * n as f64 / k as f64) as usize).min(n - 1) as u32).collect()
+/// The heavy frames of n for reduction factor r: k = ceil(n / r) of them (as
+/// [`EncodeOptions::heavy_frames`]), one in the middle of every stretch of r frames from the
+/// first, in time order. Frame i's place on the grid depends on i and r only, not on n: a
+/// streaming recogniser encodes a buffer that grows by 50 frames a step, and a grid spread
+/// over n (the middle of every n / k stretch, as before) moved by up to two frames between
+/// consecutive passes at r = 4, so they alternated between two readings and agreed on nothing
+/// for seconds. The last frames are pulled back inside the sequence when r does not divide n.
+pub fn grid_frames(n: usize, r: f64) -> Vec<u32> {
+    let k = EncodeOptions { reduction: r }.heavy_frames(n);
+    let r = r.max(1.0);
+    (0..k).map(|j| (((j as f64 + 0.5) * r) as usize).min(n - k + j) as u32).collect()
 }
 
 /// For every frame of n, where its update comes from: the positions (in `selected`, time
@@ -241,11 +247,12 @@ impl Interpolation {
     }
 }
 
-/// Grid routing for a whole batch x [b, n, d]: the heavy layer runs on k evenly spaced frames
-/// of every sequence (one batched call), and `base` gets the interpolated updates.
-pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, k: usize) -> Result<Tensor> {
+/// Grid routing for a whole batch x [b, n, d]: the heavy layer runs on the grid frames of
+/// every sequence for reduction factor r (one batched call), and `base` gets the interpolated
+/// updates.
+pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64) -> Result<Tensor> {
     let n = x.dim(1)?;
-    let selected = grid_frames(n, k);
+    let selected = grid_frames(n, r);
     let sel = x.index_select(&Tensor::new(selected.as_slice(), x.device())?, 1)?;
     let delta = (dense.run(&sel)? - &sel)?;
     Ok((base + Interpolation::new(&selected, n).apply(&delta)?)?)
@@ -368,7 +375,7 @@ impl CodaLayer {
         if self.routing == Routing::Grid {
             // Data-independent, so the same on every device.
             let flops = flops - batch as f64 * 2.0 * n as f64 * self.dense.d as f64; // no router
-            return Ok((add_grid_update(&self.dense, x, &light, k)?, BlockStats { heavy_frames: k, flops }));
+            return Ok((add_grid_update(&self.dense, x, &light, opts.reduction)?, BlockStats { heavy_frames: k, flops }));
         }
         let scores = self.adapter.scores(x)?;
         let mut rows = Vec::with_capacity(batch);
