@@ -384,7 +384,9 @@ struct TrainArgs {
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
     reductions: Vec<f64>,
     /// How heavy frames are picked: `grid` (evenly spaced, skipped frames get interpolated
-    /// updates) or `top-k` (the paper's learned router). Ignored with --resume.
+    /// updates), `pooled-grid` (the same, with the heavy layer run on the mean of each grid
+    /// frame's stretch of r frames) or `top-k` (the paper's learned router). Ignored with
+    /// --resume.
     #[arg(long, value_enum, default_value = "grid")]
     routing: RoutingArg,
     #[arg(long, default_value_t = 2.0)]
@@ -398,6 +400,7 @@ struct TrainArgs {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum RoutingArg {
     Grid,
+    PooledGrid,
     TopK,
 }
 
@@ -911,6 +914,7 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         reductions: args.reductions.clone(),
         routing: match args.routing {
             RoutingArg::Grid => coda_asr::model::coda::Routing::Grid,
+            RoutingArg::PooledGrid => coda_asr::model::coda::Routing::PooledGrid,
             RoutingArg::TopK => coda_asr::model::coda::Routing::TopK,
         },
         min_seconds: args.min_seconds,

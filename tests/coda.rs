@@ -4,7 +4,8 @@
 mod common;
 use candle_core::{Device, Tensor, Var};
 use coda_asr::model::coda::{
-    budget_weights, grid_frames, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights, Interpolation, Routing,
+    budget_weights, grid_frames, grid_stretches, pool_stretches, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights,
+    Interpolation, Routing,
 };
 use coda_asr::model::{EncodeOptions, EncoderBlock};
 use std::sync::Arc;
@@ -86,6 +87,39 @@ fn a_frame_keeps_its_place_on_the_grid_as_the_sequence_grows() {
             assert_eq!(inside(&short), inside(&long), "r = {r}, n = {n}");
         }
     }
+}
+
+#[test]
+fn pooled_grid_stretches_cover_every_frame_once_around_their_grid_frame() {
+    for (n, r) in [(750usize, 2.0), (751, 4.0), (1500, 8.0), (3, 4.0), (533, 3.0), (20, 1.5), (7, 1.0)] {
+        let (stretches, grid) = (grid_stretches(n, r), grid_frames(n, r));
+        assert_eq!(stretches.len(), grid.len(), "one stretch per grid frame");
+        assert_eq!(stretches[0].0, 0);
+        assert_eq!(stretches.last().unwrap().1, n, "n = {n}, r = {r}");
+        for (j, &(start, end)) in stretches.iter().enumerate() {
+            assert!(start < end && (start..end).contains(&(grid[j] as usize)), "n = {n}, r = {r}, j = {j}");
+            if j > 0 {
+                assert_eq!(stretches[j - 1].1, start, "disjoint and gap-free");
+            }
+        }
+    }
+    // Positions stay put as a streaming buffer grows (only the cut last stretch may change).
+    let (short, long) = (grid_stretches(533, 4.0), grid_stretches(583, 4.0));
+    assert_eq!(short[..short.len() - 1], long[..short.len() - 1]);
+}
+
+#[test]
+fn pooling_takes_the_mean_of_each_stretch() {
+    // Frame t holds (t, 2t + 1): stretch means are easy to write down.
+    let n = 10;
+    let x: Vec<f32> = (0..n).flat_map(|t| [t as f32, 2.0 * t as f32 + 1.0]).collect();
+    let x = Tensor::from_vec(x, (1, n, 2), &Device::Cpu).unwrap();
+    // r = 4: stretches [0, 4), [4, 8), [8, 10).
+    let pooled: Vec<Vec<f32>> = pool_stretches(&x, 4.0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    assert_eq!(pooled, vec![vec![1.5, 4.0], vec![5.5, 12.0], vec![8.5, 18.0]]);
+    // r = 1 is the sequence itself.
+    let same: Vec<Vec<f32>> = pool_stretches(&x, 1.0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    assert_eq!(same, x.squeeze(0).unwrap().to_vec2::<f32>().unwrap());
 }
 
 #[test]

@@ -38,6 +38,17 @@ pub enum Routing {
     /// Heavy frames evenly spaced in time; skipped frames get the heavy update interpolated
     /// from their grid neighbours (plus the adapter). The router is not used.
     Grid,
+    /// As `Grid`, but the heavy layer's k inputs are the means of the k stretches of r frames
+    /// (the stretch around each grid frame) rather than the grid frames themselves, so every
+    /// frame's content reaches the pretrained attention and FFN.
+    PooledGrid,
+}
+
+impl Routing {
+    /// Grid-like routings: data-independent heavy frames, interpolated updates.
+    pub fn is_grid(self) -> bool {
+        matches!(self, Routing::Grid | Routing::PooledGrid)
+    }
 }
 
 /// What is saved next to the adapter weights (`coda.json`).
@@ -176,7 +187,7 @@ pub fn add_heavy_update(dense: &DenseLayer, xb: &Tensor, base: &Tensor, idx: &Te
 /// dense encoder 5 %); the later layers take the grid well.
 pub fn default_layers(routing: Routing, encoder_layers: usize) -> Vec<usize> {
     match routing {
-        Routing::Grid => (1..encoder_layers).collect(),
+        Routing::Grid | Routing::PooledGrid => (1..encoder_layers).collect(),
         Routing::TopK => (0..encoder_layers).collect(),
     }
 }
@@ -247,13 +258,48 @@ impl Interpolation {
     }
 }
 
+/// The stretch of frames grid frame j stands for: [floor(j·r), floor((j + 1)·r)) cut at n.
+/// The k stretches of [`grid_frames`] are disjoint, cover all n frames and, like the grid,
+/// depend on j and r only (the last one is cut by n).
+pub fn grid_stretches(n: usize, r: f64) -> Vec<(usize, usize)> {
+    let k = EncodeOptions { reduction: r }.heavy_frames(n);
+    let r = r.max(1.0);
+    (0..k)
+        .map(|j| {
+            let start = ((j as f64 * r) as usize).min(n - k + j);
+            (start, (((j + 1) as f64 * r) as usize).clamp(start + 1, n))
+        })
+        .collect()
+}
+
+/// The mean of every grid stretch of x [b, n, d] → [b, k, d]. Gathered as one weighted
+/// index_select per offset inside a stretch (at most ceil(r) of them), so it costs O(n·d)
+/// and trains like any other tensor op.
+pub fn pool_stretches(x: &Tensor, r: f64) -> Result<Tensor> {
+    let n = x.dim(1)?;
+    let stretches = grid_stretches(n, r);
+    let longest = stretches.iter().map(|(a, b)| b - a).max().unwrap_or(1);
+    let mut pooled: Option<Tensor> = None;
+    for offset in 0..longest {
+        let idx: Vec<u32> = stretches.iter().map(|&(a, b)| (a + offset).min(b - 1) as u32).collect();
+        let w: Vec<f32> = stretches.iter().map(|&(a, b)| if a + offset < b { 1.0 / (b - a) as f32 } else { 0.0 }).collect();
+        let w = Tensor::from_slice(&w, (1, w.len(), 1), x.device())?.to_dtype(x.dtype())?;
+        let part = x.index_select(&Tensor::new(idx.as_slice(), x.device())?, 1)?.broadcast_mul(&w)?;
+        pooled = Some(match pooled {
+            Some(sum) => (sum + part)?,
+            None => part,
+        });
+    }
+    pooled.context("a sequence with no frames")
+}
+
 /// Grid routing for a whole batch x [b, n, d]: the heavy layer runs on the grid frames of
-/// every sequence for reduction factor r (one batched call), and `base` gets the interpolated
-/// updates.
-pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64) -> Result<Tensor> {
+/// every sequence for reduction factor r (one batched call), or on the means of their
+/// stretches when `pooled`, and `base` gets the interpolated updates.
+pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, pooled: bool) -> Result<Tensor> {
     let n = x.dim(1)?;
     let selected = grid_frames(n, r);
-    let sel = x.index_select(&Tensor::new(selected.as_slice(), x.device())?, 1)?;
+    let sel = if pooled { pool_stretches(x, r)? } else { x.index_select(&Tensor::new(selected.as_slice(), x.device())?, 1)? };
     let delta = (dense.run(&sel)? - &sel)?;
     Ok((base + Interpolation::new(&selected, n).apply(&delta)?)?)
 }
@@ -372,10 +418,12 @@ impl CodaLayer {
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
         }
         let light = (x + self.adapter.light(x, opts.reduction)?)?;
-        if self.routing == Routing::Grid {
-            // Data-independent, so the same on every device.
-            let flops = flops - batch as f64 * 2.0 * n as f64 * self.dense.d as f64; // no router
-            return Ok((add_grid_update(&self.dense, x, &light, opts.reduction)?, BlockStats { heavy_frames: k, flops }));
+        if self.routing.is_grid() {
+            // Data-independent, so the same on every device. No router; pooling costs what
+            // the router would have (one multiply-add per frame and channel).
+            let pooled = self.routing == Routing::PooledGrid;
+            let flops = if pooled { flops } else { flops - batch as f64 * 2.0 * n as f64 * self.dense.d as f64 };
+            return Ok((add_grid_update(&self.dense, x, &light, opts.reduction, pooled)?, BlockStats { heavy_frames: k, flops }));
         }
         let scores = self.adapter.scores(x)?;
         let mut rows = Vec::with_capacity(batch);
