@@ -385,10 +385,10 @@ struct TrainArgs {
     reductions: Vec<f64>,
     /// How heavy frames are picked: `grid` (evenly spaced, skipped frames get interpolated
     /// updates), `pooled-grid` (the same, with the heavy layer run on the mean of each grid
-    /// frame's stretch of r frames) or `top-k` (the paper's learned router). Ignored with
-    /// --resume.
-    #[arg(long, value_enum, default_value = "grid")]
-    routing: RoutingArg,
+    /// frame's stretch of r frames) or `top-k` (the paper's learned router). Default: grid
+    /// for fresh adapters; with --resume the checkpoint's routing unless given.
+    #[arg(long, value_enum)]
+    routing: Option<RoutingArg>,
     #[arg(long, default_value_t = 2.0)]
     min_seconds: f64,
     #[arg(long, default_value_t = 30.0)]
@@ -912,11 +912,11 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         layers: args.layers.clone(),
         bottleneck: args.bottleneck,
         reductions: args.reductions.clone(),
-        routing: match args.routing {
+        routing: args.routing.map(|routing| match routing {
             RoutingArg::Grid => coda_asr::model::coda::Routing::Grid,
             RoutingArg::PooledGrid => coda_asr::model::coda::Routing::PooledGrid,
             RoutingArg::TopK => coda_asr::model::coda::Routing::TopK,
-        },
+        }),
         min_seconds: args.min_seconds,
         max_seconds: args.max_seconds,
     };

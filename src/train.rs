@@ -43,7 +43,9 @@ pub struct TrainOptions {
     pub layers: Option<Vec<usize>>,
     pub bottleneck: usize,
     pub reductions: Vec<f64>,
-    pub routing: Routing,
+    /// Routing of fresh adapters (grid when None). With `resume`, None keeps the checkpoint's
+    /// and Some switches it: grid, pooled grid and top-k share their parameters.
+    pub routing: Option<Routing>,
     /// Clips of audio shorter/longer than this are made by crops and concatenation.
     pub min_seconds: f64,
     pub max_seconds: f64,
@@ -129,14 +131,19 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     let clips = load_clips(&opts.manifest)?;
     ensure!(!clips.is_empty(), "{}: no training clips", opts.manifest.display());
     let base_sha = model.weights_sha256()?;
-    let layers = opts.layers.clone().unwrap_or_else(|| crate::model::coda::default_layers(opts.routing, model.config.encoder_layers));
+    let fresh_routing = opts.routing.unwrap_or(Routing::Grid);
+    let layers = opts.layers.clone().unwrap_or_else(|| crate::model::coda::default_layers(fresh_routing, model.config.encoder_layers));
     let weights = if opts.resume && opts.out_dir.join("coda.json").is_file() {
-        CodaWeights::load(&opts.out_dir, &model.device).context("--resume: cannot load the checkpoint")?
+        let mut weights = CodaWeights::load(&opts.out_dir, &model.device).context("--resume: cannot load the checkpoint")?;
+        if let Some(routing) = opts.routing {
+            weights.config.routing = routing;
+        }
+        weights
     } else {
         let mut config = CodaConfig::new(layers, &model.name(), &base_sha);
         config.bottleneck = opts.bottleneck;
         config.reductions = opts.reductions.clone();
-        config.routing = opts.routing;
+        config.routing = fresh_routing;
         seeded_fresh(config, model, &mut rng)?
     };
     ensure!(weights.config.base_model_sha256 == base_sha, "checkpoint was trained on another base model");

@@ -4,8 +4,8 @@
 mod common;
 use candle_core::{Device, Tensor, Var};
 use coda_asr::model::coda::{
-    budget_weights, grid_frames, grid_stretches, pool_stretches, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights,
-    Interpolation, Routing,
+    budget_weights, grid_frames, grid_stretches, pool_stretches, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights, Interpolation,
+    Routing,
 };
 use coda_asr::model::{EncodeOptions, EncoderBlock};
 use std::sync::Arc;
@@ -333,7 +333,7 @@ fn a_short_training_run_lowers_the_loss() {
         // Top-k: fresh top-k adapters start far from the dense model, so twelve steps show the
         // loss falling; grid routing starts close to it, and over twelve different random
         // examples its small gain is inside their spread.
-        routing: Routing::TopK,
+        routing: Some(Routing::TopK),
         min_seconds: 2.0,
         max_seconds: 4.0,
     };

@@ -18,6 +18,9 @@
 //! frame to the next, so a skipped frame's update is close to its neighbours'; a learned top-k
 //! leaves runs of frames with no update at all, which the decoder has never seen (README,
 //! Measured, has both). The grid depends only on n and r, so no data leaves the device to route.
+//! [`Routing::PooledGrid`] feeds the heavy layer the mean of each grid frame's stretch of r
+//! frames instead of the grid frame alone: on a plain grid the frames between grid frames never
+//! reach the pretrained attention, and that is most of what r = 4 loses (README, CoDA).
 
 use super::encoder::{layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
 use super::layers::{normalize_last_dim, Gelu, Norm};
