@@ -158,6 +158,8 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         "clip_seconds": [opts.min_seconds, opts.max_seconds],
         // What r was drawn from; a resumed run may draw from fewer r than have gates.
         "sampled_reductions": opts.reductions,
+        // A resumed run may switch routing (--routing), so each run records its own.
+        "routing": weights.config.routing,
         "resumed_from": resumed_from,
     });
     let student_layers = {
