@@ -11,15 +11,17 @@
 //! router learns from the loss; at inference the hard top-k of s picks the same frames (λ is
 //! monotone in s) and their λ is kept.
 //!
-//! [`Routing::Grid`] is the other routing this module offers: the heavy frames sit on a regular time grid (k = ceil(n / r) of them, r frames apart) and
-//! every skipped frame gets the heavy update interpolated linearly from its two grid
-//! neighbours, y_i = x_i + adapter(x_i) + Δ̃_i. Speech encodings change little from one 20 ms
-//! frame to the next, so a skipped frame's update is close to its neighbours'; a learned top-k
-//! leaves runs of frames with no update at all, which the decoder has never seen (README,
-//! Measured, has both). The grid depends only on n and r, so no data leaves the device to route.
+//! [`Routing::Grid`] is the other routing this module offers: the heavy frames sit on a regular
+//! time grid (k = ceil(n / r) of them, r frames apart) and every skipped frame gets the heavy
+//! update interpolated linearly from its two grid neighbours, y_i = x_i + adapter(x_i) + Δ̃_i.
+//! Speech encodings change little from one 20 ms frame to the next, so a skipped frame's update
+//! is close to its neighbours'; a learned top-k leaves runs of frames with no update at all,
+//! which the decoder has never seen (README, Measured, has both). The grid depends only on n
+//! and r, so no data leaves the device to route.
 //! [`Routing::PooledGrid`] (the shipped adapters') feeds the heavy layer the mean of each grid
-//! frame's stretch of r frames instead of the grid frame alone: on a plain grid the frames between grid frames never
-//! reach the pretrained attention, and that is most of what r = 4 loses (README, CoDA).
+//! frame's stretch of r frames instead of the grid frame alone: on a plain grid the frames
+//! between grid frames never reach the pretrained attention, and that is most of what r = 4
+//! loses (README, CoDA).
 
 use super::encoder::{layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
 use super::layers::{normalize_last_dim, Gelu, Norm};
