@@ -389,6 +389,10 @@ struct TrainArgs {
     /// for fresh adapters; with --resume the checkpoint's routing unless given.
     #[arg(long, value_enum)]
     routing: Option<RoutingArg>,
+    /// Share of steps distilled on a teacher transcript with timestamp tokens, as transcription
+    /// decodes by default (0 = all with <|notimestamps|>, as runs before session 13)
+    #[arg(long, default_value_t = 1.0)]
+    timestamp_share: f64,
     #[arg(long, default_value_t = 2.0)]
     min_seconds: f64,
     #[arg(long, default_value_t = 30.0)]
@@ -917,6 +921,7 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
             RoutingArg::PooledGrid => coda_asr::model::coda::Routing::PooledGrid,
             RoutingArg::TopK => coda_asr::model::coda::Routing::TopK,
         }),
+        timestamp_share: args.timestamp_share,
         min_seconds: args.min_seconds,
         max_seconds: args.max_seconds,
     };

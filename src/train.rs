@@ -46,6 +46,10 @@ pub struct TrainOptions {
     /// Routing of fresh adapters (grid when None). With `resume`, None keeps the checkpoint's
     /// and Some switches it: grid, pooled grid and top-k share their parameters.
     pub routing: Option<Routing>,
+    /// Share of steps whose teacher transcript carries timestamp tokens (the rest decode with
+    /// <|notimestamps|>). Transcription decodes with timestamps by default, so 1.0 distils what
+    /// inference runs; runs before session 13 used 0.0.
+    pub timestamp_share: f64,
     /// Clips of audio shorter/longer than this are made by crops and concatenation.
     pub min_seconds: f64,
     pub max_seconds: f64,
@@ -156,6 +160,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         "pad_weight": opts.pad_weight, "max_minutes": opts.max_minutes,
         "max_steps": (opts.max_steps != usize::MAX).then_some(opts.max_steps),
         "clip_seconds": [opts.min_seconds, opts.max_seconds],
+        "timestamp_share": opts.timestamp_share,
         // What r was drawn from; a resumed run may draw from fewer r than have gates.
         "sampled_reductions": opts.reductions,
         // A resumed run may switch routing (--routing), so each run records its own.
@@ -211,9 +216,16 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
             model.encoder.forward_window_with(layers, &window, m.silence, CHUNK_FRAMES, &EncodeOptions { reduction })
         };
 
+        // Draw only for a mixed share, so runs at 0 or 1 see the same examples and r per seed.
+        let timestamps = match opts.timestamp_share {
+            s if s >= 1.0 => true,
+            s if s <= 0.0 => false,
+            s => rng.uniform() < s,
+        };
+
         // Teacher: the frozen dense model and its own greedy transcript.
         let (teacher_enc, _) = encode(&dense_layers, 1.0)?;
-        let (prefix, target) = transcriber.greedy_tokens(&teacher_enc)?;
+        let (prefix, target) = transcriber.greedy_tokens(&teacher_enc, timestamps)?;
         let mut tokens = prefix.clone();
         tokens.extend(&target);
         let input = Tensor::new(tokens.as_slice(), dev)?.unsqueeze(0)?;

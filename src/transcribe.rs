@@ -461,10 +461,11 @@ impl<'m> Transcriber<'m> {
         })
     }
 
-    /// Greedy text tokens for encoded audio, without timestamps or fallback (the distillation
-    /// target in training). Returns the prompt it decoded after, and the tokens.
-    pub fn greedy_tokens(&self, features: &Tensor) -> Result<(Vec<u32>, Vec<u32>)> {
-        let opts = TranscribeOptions { without_timestamps: true, temperatures: vec![0.0], ..Default::default() };
+    /// Greedy tokens for encoded audio, without fallback (the distillation target in training):
+    /// with `timestamps` they include the timestamp tokens, under the same timestamp rules as
+    /// transcription. Returns the prompt it decoded after, and the tokens.
+    pub fn greedy_tokens(&self, features: &Tensor, timestamps: bool) -> Result<(Vec<u32>, Vec<u32>)> {
+        let opts = TranscribeOptions { without_timestamps: !timestamps, temperatures: vec![0.0], ..Default::default() };
         let mut rng = Rng::new(0);
         let mut count = 0;
         // No token limit is set, so the window's length does not matter.

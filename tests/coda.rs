@@ -334,6 +334,8 @@ fn a_short_training_run_lowers_the_loss() {
         // loss falling; grid routing starts close to it, and over twelve different random
         // examples its small gain is inside their spread.
         routing: Some(Routing::TopK),
+        // The default: the teacher transcript with timestamps, as transcription decodes.
+        timestamp_share: 1.0,
         min_seconds: 2.0,
         max_seconds: 4.0,
     };
