@@ -131,6 +131,7 @@ pub struct StepLog {
 /// `opts.out_dir`, checkpointing as it goes. `progress` sees every step.
 pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn FnMut(&StepLog, f64)) -> Result<Vec<StepLog>> {
     ensure!(!opts.reductions.is_empty(), "no reduction factors to train for");
+    ensure!((0.0..=1.0).contains(&opts.timestamp_share), "--timestamp-share must be between 0 and 1, got {}", opts.timestamp_share);
     let mut rng = Rng::new(opts.seed);
     let clips = load_clips(&opts.manifest)?;
     ensure!(!clips.is_empty(), "{}: no training clips", opts.manifest.display());
@@ -218,8 +219,8 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
 
         // Draw only for a mixed share, so runs at 0 or 1 see the same examples and r per seed.
         let timestamps = match opts.timestamp_share {
-            s if s >= 1.0 => true,
-            s if s <= 0.0 => false,
+            s if s == 1.0 => true,
+            s if s == 0.0 => false,
             s => rng.uniform() < s,
         };
 
