@@ -378,8 +378,10 @@ struct TrainArgs {
     /// Adapted layers, e.g. 0,1,2,3 (default: all but the first with grid routing, all with top-k).
     #[arg(long, value_delimiter = ',')]
     layers: Option<Vec<usize>>,
-    #[arg(long, default_value_t = 64)]
-    bottleneck: usize,
+    /// Adapter bottleneck width (default 64); with --resume, a larger value widens the
+    /// checkpoint's adapters without changing what they compute.
+    #[arg(long)]
+    bottleneck: Option<usize>,
     /// Reduction factors sampled per step.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
     reductions: Vec<f64>,
@@ -393,6 +395,16 @@ struct TrainArgs {
     /// decodes by default (0 = all with <|notimestamps|>, as runs before session 13)
     #[arg(long, default_value_t = 1.0)]
     timestamp_share: f64,
+    /// A manifest of synthetic speech (`scripts/make_synthetic.py`) to mix into training.
+    #[arg(long)]
+    synthetic_manifest: Option<PathBuf>,
+    /// Share of training examples built from --synthetic-manifest (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    synthetic_share: f64,
+    /// Share of steps decoded after a prompt (the previous step's teacher text), as long-form
+    /// and streaming transcription condition on earlier text (0 = never, as runs before).
+    #[arg(long, default_value_t = 0.0)]
+    prompt_share: f64,
     #[arg(long, default_value_t = 2.0)]
     min_seconds: f64,
     #[arg(long, default_value_t = 30.0)]
@@ -922,6 +934,9 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
             RoutingArg::TopK => coda_asr::model::coda::Routing::TopK,
         }),
         timestamp_share: args.timestamp_share,
+        synthetic_manifest: args.synthetic_manifest.clone(),
+        synthetic_share: args.synthetic_share,
+        prompt_share: args.prompt_share,
         min_seconds: args.min_seconds,
         max_seconds: args.max_seconds,
     };

@@ -41,7 +41,9 @@ pub struct TrainOptions {
     pub checkpoint_minutes: f64,
     pub resume: bool,
     pub layers: Option<Vec<usize>>,
-    pub bottleneck: usize,
+    /// Adapter width: 64 for fresh adapters when None; with `resume`, None keeps the
+    /// checkpoint's and a larger value widens it ([`CodaWeights::widen`]).
+    pub bottleneck: Option<usize>,
     pub reductions: Vec<f64>,
     /// Routing of fresh adapters (grid when None). With `resume`, None keeps the checkpoint's
     /// and Some switches it: grid, pooled grid and top-k share their parameters.
@@ -50,6 +52,13 @@ pub struct TrainOptions {
     /// <|notimestamps|>). Transcription decodes with timestamps by default, so 1.0 distils what
     /// inference runs; runs before session 13 used 0.0.
     pub timestamp_share: f64,
+    /// A second manifest (synthetic speech from `scripts/make_synthetic.py`) and the share of
+    /// examples built from it; the rest come from `manifest`.
+    pub synthetic_manifest: Option<PathBuf>,
+    pub synthetic_share: f64,
+    /// Share of steps decoded after a <|startofprev|> prompt: the text of the previous step's
+    /// teacher transcript. Long-form and streaming transcription prompt with earlier text.
+    pub prompt_share: f64,
     /// Clips of audio shorter/longer than this are made by crops and concatenation.
     pub min_seconds: f64,
     pub max_seconds: f64,
@@ -119,6 +128,16 @@ fn seeded_fresh(config: CodaConfig, model: &WhisperModel, rng: &mut Rng) -> Resu
     Ok(weights)
 }
 
+/// Whether this step takes the option given to a `share` of steps. Drawn only for a mixed
+/// share, so runs at 0 or 1 keep the examples and r of their seed.
+fn drawn(rng: &mut Rng, share: f64) -> bool {
+    match share {
+        s if s >= 1.0 => true,
+        s if s <= 0.0 => false,
+        s => rng.uniform() < s,
+    }
+}
+
 pub struct StepLog {
     pub step: usize,
     pub reduction: f64,
@@ -132,9 +151,24 @@ pub struct StepLog {
 pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn FnMut(&StepLog, f64)) -> Result<Vec<StepLog>> {
     ensure!(!opts.reductions.is_empty(), "no reduction factors to train for");
     ensure!((0.0..=1.0).contains(&opts.timestamp_share), "--timestamp-share must be between 0 and 1, got {}", opts.timestamp_share);
+    ensure!((0.0..=1.0).contains(&opts.synthetic_share), "--synthetic-share must be between 0 and 1, got {}", opts.synthetic_share);
+    ensure!((0.0..=1.0).contains(&opts.prompt_share), "--prompt-share must be between 0 and 1, got {}", opts.prompt_share);
+    ensure!(
+        opts.synthetic_share == 0.0 || opts.synthetic_manifest.is_some(),
+        "--synthetic-share {} needs --synthetic-manifest",
+        opts.synthetic_share
+    );
     let mut rng = Rng::new(opts.seed);
     let clips = load_clips(&opts.manifest)?;
     ensure!(!clips.is_empty(), "{}: no training clips", opts.manifest.display());
+    let synthetic = match &opts.synthetic_manifest {
+        Some(path) if opts.synthetic_share > 0.0 => {
+            let synthetic = load_clips(path)?;
+            ensure!(!synthetic.is_empty(), "{}: no training clips", path.display());
+            synthetic
+        }
+        _ => Vec::new(),
+    };
     let base_sha = model.weights_sha256()?;
     let fresh_routing = opts.routing.unwrap_or(Routing::Grid);
     let layers = opts.layers.clone().unwrap_or_else(|| crate::model::coda::default_layers(fresh_routing, model.config.encoder_layers));
@@ -143,10 +177,19 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         if let Some(routing) = opts.routing {
             weights.config.routing = routing;
         }
-        weights
+        match opts.bottleneck {
+            Some(b) if b != weights.config.bottleneck => {
+                let d = model.config.d_model;
+                // As fresh adapters' down projections: Kaiming-normal, from a stream of its own
+                // so the run draws the same examples and r as one at the same seed without it.
+                let mut init = Rng::new(opts.seed ^ 0x9e37_79b9_7f4a_7c15);
+                weights.widen(b, &mut |rows, cols| (0..rows * cols).map(|_| (init.normal() * (2.0 / d as f64).sqrt()) as f32).collect())?
+            }
+            _ => weights,
+        }
     } else {
         let mut config = CodaConfig::new(layers, &model.name(), &base_sha);
-        config.bottleneck = opts.bottleneck;
+        config.bottleneck = opts.bottleneck.unwrap_or(64);
         config.reductions = opts.reductions.clone();
         config.routing = fresh_routing;
         seeded_fresh(config, model, &mut rng)?
@@ -162,6 +205,9 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         "max_steps": (opts.max_steps != usize::MAX).then_some(opts.max_steps),
         "clip_seconds": [opts.min_seconds, opts.max_seconds],
         "timestamp_share": opts.timestamp_share,
+        "synthetic_manifest": opts.synthetic_manifest.as_ref().map(|p| p.display().to_string()),
+        "synthetic_share": opts.synthetic_share,
+        "prompt_share": opts.prompt_share,
         // What r was drawn from; a resumed run may draw from fewer r than have gates.
         "sampled_reductions": opts.reductions,
         // A resumed run may switch routing (--routing), so each run records its own.
@@ -202,11 +248,14 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     let mut last_checkpoint = Instant::now();
     let mut history = Vec::new();
     let dev = &model.device;
+    let eot = model.tokenizer.eot;
+    let mut previous_text: Vec<u32> = Vec::new();
     for step in 0..opts.max_steps {
         if start.elapsed().as_secs_f64() > opts.max_minutes * 60.0 {
             break;
         }
-        let audio = make_example(&clips, &mut rng, opts.min_seconds, opts.max_seconds);
+        let pool = if drawn(&mut rng, opts.synthetic_share) { &synthetic } else { &clips };
+        let audio = make_example(pool, &mut rng, opts.min_seconds, opts.max_seconds);
         let m = mel.compute(&audio, CHUNK_SAMPLES);
         // As inference runs it: the audio block is encoded, the padding comes from the cache.
         let audio_mel_frames = (audio.len() / HOP_LENGTH).min(CHUNK_FRAMES);
@@ -217,16 +266,17 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
             model.encoder.forward_window_with(layers, &window, m.silence, CHUNK_FRAMES, &EncodeOptions { reduction })
         };
 
-        // Draw only for a mixed share, so runs at 0 or 1 see the same examples and r per seed.
-        let timestamps = match opts.timestamp_share {
-            s if s == 1.0 => true,
-            s if s == 0.0 => false,
-            s => rng.uniform() < s,
-        };
+        let timestamps = drawn(&mut rng, opts.timestamp_share);
+
+        // Spread evenly over the steps rather than drawn, so a run keeps the examples and r of
+        // the same seed without prompts: the two are a paired comparison.
+        let prompted = ((step + 1) as f64 * opts.prompt_share).floor() > (step as f64 * opts.prompt_share).floor();
+        let prompt: &[u32] = if prompted { &previous_text } else { &[] };
 
         // Teacher: the frozen dense model and its own greedy transcript.
         let (teacher_enc, _) = encode(&dense_layers, 1.0)?;
-        let (prefix, target) = transcriber.greedy_tokens(&teacher_enc, timestamps)?;
+        let (prefix, target) = transcriber.greedy_tokens(&teacher_enc, timestamps, prompt)?;
+        let text_tokens: Vec<u32> = target.iter().copied().filter(|&t| t < eot).collect();
         let mut tokens = prefix.clone();
         tokens.extend(&target);
         let input = Tensor::new(tokens.as_slice(), dev)?.unsqueeze(0)?;
@@ -275,6 +325,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         writeln!(log, "{},{:.1},{},{:.5},{:.5},{:.5}", entry.step, elapsed, entry.reduction, entry.loss, entry.kl, entry.mse)?;
         progress(&entry, elapsed);
         history.push(entry);
+        previous_text = text_tokens;
         if last_checkpoint.elapsed().as_secs_f64() > opts.checkpoint_minutes * 60.0 {
             weights.save(&opts.out_dir)?;
             last_checkpoint = Instant::now();

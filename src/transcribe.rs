@@ -463,14 +463,29 @@ impl<'m> Transcriber<'m> {
 
     /// Greedy tokens for encoded audio, without fallback (the distillation target in training):
     /// with `timestamps` they include the timestamp tokens, under the same timestamp rules as
-    /// transcription. Returns the prompt it decoded after, and the tokens.
-    pub fn greedy_tokens(&self, features: &Tensor, timestamps: bool) -> Result<(Vec<u32>, Vec<u32>)> {
+    /// transcription. `prompt` (earlier text, as long-form and streaming transcription pass it)
+    /// goes after <|startofprev|>, cut to its last tokens as transcription cuts it. Returns the
+    /// whole sequence it decoded after (prompt included), and the tokens.
+    pub fn greedy_tokens(&self, features: &Tensor, timestamps: bool, prompt: &[u32]) -> Result<(Vec<u32>, Vec<u32>)> {
         let opts = TranscribeOptions { without_timestamps: !timestamps, temperatures: vec![0.0], ..Default::default() };
         let mut rng = Rng::new(0);
         let mut count = 0;
         // No token limit is set, so the window's length does not matter.
-        let result = self.decode_with_fallback(features, None, &[], &[], "en", &opts, &mut rng, &mut count, 30.0)?;
-        Ok((self.sot_sequence("en", &opts)?, result.tokens))
+        let result = self.decode_with_fallback(features, None, prompt, &[], "en", &opts, &mut rng, &mut count, 30.0)?;
+        let mut prefix = self.prompt_prefix(prompt);
+        prefix.extend(self.sot_sequence("en", &opts)?);
+        Ok((prefix, result.tokens))
+    }
+
+    /// <|startofprev|> and the last tokens of `prompt` that fit (none for an empty prompt).
+    fn prompt_prefix(&self, prompt: &[u32]) -> Vec<u32> {
+        if prompt.is_empty() {
+            return Vec::new();
+        }
+        let max_prompt = self.model.decoder.max_positions / 2 - 1;
+        let mut prefix = vec![self.model.tokenizer.sot_prev];
+        prefix.extend(&prompt[prompt.len().saturating_sub(max_prompt)..]);
+        prefix
     }
 
     /// <|startoftranscript|> [language, task] [<|notimestamps|>].
@@ -525,12 +540,7 @@ impl<'m> Transcriber<'m> {
     ) -> Result<DecodeResult> {
         let tok = &self.model.tokenizer;
         let dec = &self.model.decoder;
-        let max_prompt = dec.max_positions / 2 - 1;
-        let mut initial: Vec<u32> = Vec::new();
-        if !prompt.is_empty() {
-            initial.push(tok.sot_prev);
-            initial.extend(&prompt[prompt.len().saturating_sub(max_prompt)..]);
-        }
+        let mut initial = self.prompt_prefix(prompt);
         let sot_index = initial.len();
         initial.extend(self.sot_sequence(language, opts)?);
 

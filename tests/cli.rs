@@ -76,3 +76,34 @@ fn eval_writes_reports_that_compare() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().any(|l| l.starts_with("| WER % |") && l.matches('|').count() == 4), "{table}");
 }
+
+#[test]
+fn train_refuses_bad_mix_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.tsv");
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    std::fs::write(&manifest, format!("id\twav\tduration_s\treference\nlj1\t{}\t9.655\tPrinting\n", wav.display())).unwrap();
+    let train = |extra: &[&str]| {
+        let output = Command::new(common::binary())
+            .args(["train", "--max-steps", "1", "--manifest"])
+            .arg(&manifest)
+            .arg("--out")
+            .arg(dir.path().join("adapters"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).to_string())
+    };
+    let (code, stderr) = train(&["--synthetic-share", "0.3"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--synthetic-share 0.3 needs --synthetic-manifest"), "{stderr}");
+    let (code, stderr) = train(&["--timestamp-share", "1.5"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--timestamp-share must be between 0 and 1, got 1.5"), "{stderr}");
+    let missing = dir.path().join("none.tsv");
+    let (code, stderr) = train(&["--synthetic-share", "0.3", "--synthetic-manifest", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{}: cannot read manifest", missing.display())), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dir.path().join("adapters").exists(), "a refused run must not write adapters");
+}
