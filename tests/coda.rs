@@ -289,6 +289,38 @@ fn adapters_save_and_load_round_trip() {
 }
 
 #[test]
+fn widened_adapters_compute_what_the_narrow_ones_did() {
+    let model = common::tiny_en();
+    let narrow = CodaWeights::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/coda-tiny.en"), &Device::Cpu).unwrap();
+    let b = narrow.config.bottleneck;
+    let wide = narrow.widen(b + 32, &mut |rows, cols| vec![0.05; rows * cols]).unwrap();
+    assert_eq!(wide.config.bottleneck, b + 32);
+    assert!(narrow.widen(b - 1, &mut |rows, cols| vec![0.0; rows * cols]).is_err(), "narrowing must be refused");
+    let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
+    let (narrow_layers, wide_layers) =
+        (narrow.layers(&model.encoder.dense_layers, false).unwrap(), wide.layers(&model.encoder.dense_layers, false).unwrap());
+    for ((layer, narrow_layer), (_, wide_layer)) in narrow_layers.iter().zip(&wide_layers) {
+        for r in [2.0, 3.0, 4.0] {
+            let opts = EncodeOptions { reduction: r };
+            let (a, _) = narrow_layer.forward(&x, &opts).unwrap();
+            let (w, _) = wide_layer.forward(&x, &opts).unwrap();
+            let diff = (&a - &w).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "layer {layer}, r = {r}: widened adapters differ by {diff}");
+        }
+    }
+    // The new channels are live: a step on their up projection changes the output.
+    let data = wide.vars.data().lock().unwrap();
+    let up = &data["layers.1.up.weight"];
+    let mut cols: Vec<Vec<f32>> = up.as_tensor().to_vec2().unwrap();
+    cols.iter_mut().for_each(|row| row[b] = 0.01);
+    up.set(&Tensor::new(cols, &Device::Cpu).unwrap()).unwrap();
+    drop(data);
+    let (w, _) = wide.layers(&model.encoder.dense_layers, false).unwrap()[0].1.forward(&x, &EncodeOptions { reduction: 4.0 }).unwrap();
+    let (a, _) = narrow_layers[0].1.forward(&x, &EncodeOptions { reduction: 4.0 }).unwrap();
+    assert!((&a - &w).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-3);
+}
+
+#[test]
 fn a_short_training_run_lowers_the_loss() {
     // Load a private copy: training installs adapters into the model it is given.
     let dir = coda_asr::model::resolve_model_dir("tiny.en").unwrap();
@@ -328,7 +360,7 @@ fn a_short_training_run_lowers_the_loss() {
         checkpoint_minutes: 100.0,
         resume: false,
         layers: Some(vec![2, 3]),
-        bottleneck: 16,
+        bottleneck: Some(16),
         reductions: vec![4.0],
         // Top-k: fresh top-k adapters start far from the dense model, so twelve steps show the
         // loss falling; grid routing starts close to it, and over twelve different random
@@ -336,6 +368,9 @@ fn a_short_training_run_lowers_the_loss() {
         routing: Some(Routing::TopK),
         // The default: the teacher transcript with timestamps, as transcription decodes.
         timestamp_share: 1.0,
+        synthetic_manifest: None,
+        synthetic_share: 0.0,
+        prompt_share: 0.0,
         min_seconds: 2.0,
         max_seconds: 4.0,
     };

@@ -533,6 +533,50 @@ impl CodaWeights {
         Ok(Self { config, vars })
     }
 
+    /// The same adapters with a wider bottleneck, computing exactly what they computed: the new
+    /// channels' down-projection rows come from `init_down` (rows, d) → values, their
+    /// up-projection columns are zero and their budget gates 1, so training starts from where
+    /// the narrow adapters ended.
+    pub fn widen(&self, bottleneck: usize, init_down: &mut dyn FnMut(usize, usize) -> Vec<f32>) -> Result<Self> {
+        let old = self.config.bottleneck;
+        ensure!(bottleneck >= old, "cannot narrow the adapters' bottleneck from {old} to {bottleneck}");
+        let mut config = self.config.clone();
+        config.bottleneck = bottleneck;
+        let data = self.vars.data().lock().expect("var map lock");
+        let device = data.values().next().map(|v| v.device().clone()).unwrap_or(Device::Cpu);
+        let d = data
+            .get(&format!("layers.{}.router", config.layers.first().copied().unwrap_or(0)))
+            .map(|v| v.dim(0))
+            .transpose()?
+            .context("adapter weights have no router for the first adapted layer")?;
+        let wide = Self::fresh(config, d, &device)?;
+        let extra = bottleneck - old;
+        {
+            let wide_data = wide.vars.data().lock().expect("var map lock");
+            let mut names: Vec<&String> = data.keys().collect();
+            names.sort(); // a fixed order, so the new rows are deterministic
+            for name in names {
+                let value = data[name].as_tensor();
+                let widened = if extra == 0 {
+                    value.clone()
+                } else if name.ends_with("down.weight") {
+                    let rows = Tensor::from_vec(init_down(extra, d), (extra, d), &device)?.to_dtype(value.dtype())?;
+                    Tensor::cat(&[value, &rows], 0)?
+                } else if name.ends_with("down.bias") {
+                    Tensor::cat(&[value, &Tensor::zeros(extra, value.dtype(), &device)?], 0)?
+                } else if name.ends_with("up.weight") {
+                    Tensor::cat(&[value, &Tensor::zeros((value.dim(0)?, extra), value.dtype(), &device)?], 1)?
+                } else if name.ends_with(".gates") {
+                    Tensor::cat(&[value, &Tensor::ones((value.dim(0)?, extra), value.dtype(), &device)?], 1)?
+                } else {
+                    value.clone()
+                };
+                wide_data.get(name).with_context(|| format!("widened adapters have no {name}"))?.set(&widened)?;
+            }
+        }
+        Ok(wide)
+    }
+
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
         self.vars.save(dir.join("adapters.safetensors"))?;
