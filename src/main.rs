@@ -387,7 +387,8 @@ struct TrainArgs {
     reductions: Vec<f64>,
     /// How heavy frames are picked: `grid` (evenly spaced, skipped frames get interpolated
     /// updates), `pooled-grid` (the same, with the heavy layer run on the mean of each grid
-    /// frame's stretch of r frames) or `top-k` (the paper's learned router). Default: grid
+    /// frame's stretch of r frames), `pooled-grid-fine-context` (the same, with keys and values
+    /// pooled over stretches of r / 2 frames) or `top-k` (the paper's learned router). Default: grid
     /// for fresh adapters; with --resume the checkpoint's routing unless given.
     #[arg(long, value_enum)]
     routing: Option<RoutingArg>,
@@ -417,6 +418,7 @@ struct TrainArgs {
 enum RoutingArg {
     Grid,
     PooledGrid,
+    PooledGridFineContext,
     TopK,
 }
 
@@ -931,6 +933,7 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         routing: args.routing.map(|routing| match routing {
             RoutingArg::Grid => coda_asr::model::coda::Routing::Grid,
             RoutingArg::PooledGrid => coda_asr::model::coda::Routing::PooledGrid,
+            RoutingArg::PooledGridFineContext => coda_asr::model::coda::Routing::PooledGridFineContext,
             RoutingArg::TopK => coda_asr::model::coda::Routing::TopK,
         }),
         timestamp_share: args.timestamp_share,

@@ -7,6 +7,7 @@ use coda_asr::model::coda::{
     budget_weights, grid_frames, grid_stretches, pool_stretches, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights, Interpolation,
     Routing,
 };
+use coda_asr::model::encoder::{attending_layer_flops, layer_flops};
 use coda_asr::model::{EncodeOptions, EncoderBlock};
 use std::sync::Arc;
 
@@ -227,6 +228,38 @@ fn grid_routing_with_fresh_adapters_is_the_grid_baseline() {
     // Every frame moved, not only the heavy ones: the skipped ones got interpolated updates.
     let moved: Vec<f32> = (&coda - &x).unwrap().abs().unwrap().max(2).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
     assert!(moved.iter().all(|&m| m > 1e-3), "a frame kept its input unchanged");
+}
+
+#[test]
+fn fine_context_layers_attend_to_keys_and_values_pooled_over_half_stretches() {
+    let model = common::tiny_en();
+    let dense = &model.encoder.dense_layers[1];
+    let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    // Attending to its own frames is the pretrained layer (its q and k/v projections split).
+    assert!(max_diff(&dense.run_attending(&x, &x).unwrap(), &dense.run(&x).unwrap()) < 1e-4);
+
+    let mut config = CodaConfig::new(vec![1, 2, 3], "tiny.en", "test");
+    config.routing = Routing::PooledGridFineContext;
+    let weights = CodaWeights::fresh(config, 384, &Device::Cpu).unwrap();
+    let layers = weights.layers(&model.encoder.dense_layers, false).unwrap();
+    let n = x.dim(1).unwrap();
+    for (r, context) in [(4.0, 300), (2.0, 600)] {
+        // Fresh adapters add nothing: the layer is x plus the interpolated update of queries
+        // pooled over r frames attending to keys and values pooled over r / 2 (every frame at 2).
+        let (y, stats) = layers[0].1.forward(&x, &EncodeOptions { reduction: r }).unwrap();
+        let queries = pool_stretches(&x, r).unwrap();
+        let keys = if r > 2.0 { pool_stretches(&x, r / 2.0).unwrap() } else { x.clone() };
+        assert_eq!(keys.dim(1).unwrap(), context);
+        let delta = (dense.run_attending(&queries, &keys).unwrap() - &queries).unwrap();
+        let want = (&x + Interpolation::new(&grid_frames(n, r), n).apply(&delta).unwrap()).unwrap();
+        assert!(max_diff(&y, &want) < 1e-4, "r = {r}");
+        let k = stats.heavy_frames;
+        assert_eq!(k, (n as f64 / r).ceil() as usize);
+        // More work than the pooled grid's heavy layer at the same r, less than a dense layer.
+        assert!(stats.flops > layer_flops(k, 384, 1536) && stats.flops < layer_flops(n, 384, 1536), "r = {r}: {}", stats.flops);
+    }
+    assert_eq!(attending_layer_flops(n, n, 384, 1536), layer_flops(n, 384, 1536));
 }
 
 #[test]

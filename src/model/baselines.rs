@@ -54,7 +54,7 @@ impl EncoderBlock for GridLayer {
         if k == n {
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
         }
-        Ok((add_grid_update(&self.dense, x, x, opts.reduction, false)?, BlockStats { heavy_frames: k, flops }))
+        Ok((add_grid_update(&self.dense, x, x, opts.reduction, super::coda::Routing::Grid)?, BlockStats { heavy_frames: k, flops }))
     }
 }
 

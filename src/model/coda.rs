@@ -21,9 +21,12 @@
 //! [`Routing::PooledGrid`] (the shipped adapters') feeds the heavy layer the mean of each grid
 //! frame's stretch of r frames instead of the grid frame alone: on a plain grid the frames
 //! between grid frames never reach the pretrained attention, and that is most of what r = 4
-//! loses (README, CoDA).
+//! loses (README, CoDA). [`Routing::PooledGridFineContext`] goes one step further: the heavy
+//! layer's queries (and its FFN) stay on the k pooled frames, but its attention reads keys and
+//! values from stretches half as long, so attention sees the sequence at twice the grid's
+//! resolution for a quarter more work.
 
-use super::encoder::{layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
+use super::encoder::{attending_layer_flops, layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
 use super::layers::{normalize_last_dim, Gelu, Norm};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -46,13 +49,22 @@ pub enum Routing {
     /// (the stretch around each grid frame) rather than the grid frames themselves, so every
     /// frame's content reaches the pretrained attention and FFN.
     PooledGrid,
+    /// As `PooledGrid`, but the heavy layer's attention reads its keys and values from the
+    /// means of stretches of r / 2 frames (every frame when r ≤ 2), twice as many as its
+    /// queries; the queries, the residual and the FFN stay on the k pooled frames.
+    PooledGridFineContext,
 }
 
 impl Routing {
     /// Grid-like routings: data-independent heavy frames, interpolated updates.
     pub fn is_grid(self) -> bool {
-        matches!(self, Routing::Grid | Routing::PooledGrid)
+        matches!(self, Routing::Grid | Routing::PooledGrid | Routing::PooledGridFineContext)
     }
+}
+
+/// The reduction of the keys and values of a [`Routing::PooledGridFineContext`] layer at r.
+pub fn context_reduction(r: f64) -> f64 {
+    (r / 2.0).max(1.0)
 }
 
 /// What is saved next to the adapter weights (`coda.json`).
@@ -191,7 +203,7 @@ pub fn add_heavy_update(dense: &DenseLayer, xb: &Tensor, base: &Tensor, idx: &Te
 /// dense encoder 5 %); the later layers take the grid well.
 pub fn default_layers(routing: Routing, encoder_layers: usize) -> Vec<usize> {
     match routing {
-        Routing::Grid | Routing::PooledGrid => (1..encoder_layers).collect(),
+        Routing::Grid | Routing::PooledGrid | Routing::PooledGridFineContext => (1..encoder_layers).collect(),
         Routing::TopK => (0..encoder_layers).collect(),
     }
 }
@@ -299,12 +311,30 @@ pub fn pool_stretches(x: &Tensor, r: f64) -> Result<Tensor> {
 
 /// Grid routing for a whole batch x [b, n, d]: the heavy layer runs on the grid frames of
 /// every sequence for reduction factor r (one batched call), or on the means of their
-/// stretches when `pooled`, and `base` gets the interpolated updates.
-pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, pooled: bool) -> Result<Tensor> {
+/// stretches with the pooled routings, and `base` gets the interpolated updates.
+pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, routing: Routing) -> Result<Tensor> {
     let n = x.dim(1)?;
     let selected = grid_frames(n, r);
-    let sel = if pooled { pool_stretches(x, r)? } else { x.index_select(&Tensor::new(selected.as_slice(), x.device())?, 1)? };
-    let delta = (dense.run(&sel)? - &sel)?;
+    let (sel, heavy) = match routing {
+        Routing::PooledGrid => {
+            let sel = pool_stretches(x, r)?;
+            let heavy = dense.run(&sel)?;
+            (sel, heavy)
+        }
+        Routing::PooledGridFineContext => {
+            let sel = pool_stretches(x, r)?;
+            let r_context = context_reduction(r);
+            let context = if r_context <= 1.0 { x.clone() } else { pool_stretches(x, r_context)? };
+            let heavy = dense.run_attending(&sel, &context)?;
+            (sel, heavy)
+        }
+        Routing::Grid | Routing::TopK => {
+            let sel = x.index_select(&Tensor::new(selected.as_slice(), x.device())?, 1)?;
+            let heavy = dense.run(&sel)?;
+            (sel, heavy)
+        }
+    };
+    let delta = (heavy - &sel)?;
     Ok((base + Interpolation::new(&selected, n).apply(&delta)?)?)
 }
 
@@ -414,7 +444,14 @@ impl CodaLayer {
     pub fn forward_routed(&self, x: &Tensor, opts: &EncodeOptions, on_device: bool) -> Result<(Tensor, BlockStats)> {
         let (batch, n, _) = x.dims3()?;
         let k = opts.heavy_frames(n);
-        let flops = batch as f64 * (layer_flops(k, self.dense.d, self.dense.ffn) + self.adapter_flops(n));
+        let (d, ffn) = (self.dense.d, self.dense.ffn);
+        let heavy_flops = if self.routing == Routing::PooledGridFineContext {
+            let context = EncodeOptions { reduction: context_reduction(opts.reduction) }.heavy_frames(n);
+            attending_layer_flops(k, context, d, ffn)
+        } else {
+            layer_flops(k, d, ffn)
+        };
+        let flops = batch as f64 * (heavy_flops + self.adapter_flops(n));
         if k == n {
             // r = 1 is the dense layer (the project's vocabulary): every frame through the
             // pretrained layer, adapters off, so `--reduction 1` is exactly the base model.
@@ -424,10 +461,14 @@ impl CodaLayer {
         let light = (x + self.adapter.light(x, opts.reduction)?)?;
         if self.routing.is_grid() {
             // Data-independent, so the same on every device. No router; pooling costs what
-            // the router would have (one multiply-add per frame and channel).
-            let pooled = self.routing == Routing::PooledGrid;
-            let flops = if pooled { flops } else { flops - batch as f64 * 2.0 * n as f64 * self.dense.d as f64 };
-            return Ok((add_grid_update(&self.dense, x, &light, opts.reduction, pooled)?, BlockStats { heavy_frames: k, flops }));
+            // the router would have (one multiply-add per frame and channel), twice over when
+            // the keys and values are pooled too.
+            let flops = match self.routing {
+                Routing::PooledGrid => flops,
+                Routing::PooledGridFineContext => flops + batch as f64 * 2.0 * n as f64 * d as f64,
+                _ => flops - batch as f64 * 2.0 * n as f64 * d as f64,
+            };
+            return Ok((add_grid_update(&self.dense, x, &light, opts.reduction, self.routing)?, BlockStats { heavy_frames: k, flops }));
         }
         let scores = self.adapter.scores(x)?;
         let mut rows = Vec::with_capacity(batch);

@@ -68,6 +68,14 @@ pub fn layer_flops(n: usize, d: usize, ffn: usize) -> f64 {
     2.0 * n * (4.0 * d * d + 2.0 * d * ffn) + 4.0 * n * n * d
 }
 
+/// FLOPs of a layer whose `k` query frames attend to `context` other frames
+/// ([`DenseLayer::run_attending`]): query and output projections and the MLP on k frames, key
+/// and value projections on the context, and the two attention matmuls.
+pub fn attending_layer_flops(k: usize, context: usize, d: usize, ffn: usize) -> f64 {
+    let (k, m, d, ffn) = (k as f64, context as f64, d as f64, ffn as f64);
+    2.0 * k * (2.0 * d * d + 2.0 * d * ffn) + 2.0 * m * 2.0 * d * d + 4.0 * k * m * d
+}
+
 /// One encoder layer, dense or conditional.
 pub trait EncoderBlock: Send + Sync {
     /// Map x [batch, frames, d] to the layer output, and report how many frames went through
@@ -114,6 +122,23 @@ impl DenseLayer {
         let q = split_heads(&qkv.narrow(2, 0, d)?, self.heads)?;
         let k = split_heads(&qkv.narrow(2, d, d)?, self.heads)?;
         let v = split_heads(&qkv.narrow(2, 2 * d, d)?, self.heads)?;
+        let a = self.out.forward(&merge_heads(&attention(&q, &k, &v, None)?)?)?;
+        let x = (x + a)?;
+        Ok((&x + self.mlp.forward(&x)?)?)
+    }
+
+    /// The layer on the frames of x whose attention reads keys and values from `context`
+    /// instead of from x itself: queries, residual and MLP stay on x's frames.
+    pub fn run_attending(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let d = self.d;
+        let w = self.qkv.weight();
+        let b = self.qkv.bias().expect("fused qkv has a bias");
+        let q_proj = Linear::new(w.narrow(0, 0, d)?, Some(b.narrow(0, 0, d)?));
+        let kv_proj = Linear::new(w.narrow(0, d, 2 * d)?, Some(b.narrow(0, d, 2 * d)?));
+        let q = split_heads(&q_proj.forward(&self.attn_ln.forward(x)?)?, self.heads)?;
+        let kv = kv_proj.forward(&self.attn_ln.forward(context)?)?;
+        let k = split_heads(&kv.narrow(2, 0, d)?, self.heads)?;
+        let v = split_heads(&kv.narrow(2, d, d)?, self.heads)?;
         let a = self.out.forward(&merge_heads(&attention(&q, &k, &v, None)?)?)?;
         let x = (x + a)?;
         Ok((&x + self.mlp.forward(&x)?)?)
