@@ -22,6 +22,13 @@ const INPUT_STRIDE: usize = 2;
 /// With silence caching, this much of the padding after the audio (mel frames, 10 ms each) is
 /// encoded with it, so the last words see the silence that follows them as in the dense model.
 pub const SILENCE_MARGIN_FRAMES: usize = 100;
+/// A window encoded at r > 1 is decoded again with the dense encoder when one of its segments
+/// runs longer than this (seconds) at more than [`SPARSE_SECONDS_PER_WORD`]: the decoder then
+/// jumped over speech the reduced encoding lost (one CoDA r = 4 window read 29.6 s of speech as
+/// 16 words). On the tuning long files no dense segment came close (the longest at over a
+/// second per word: 6.5 s).
+const SPARSE_SEGMENT_SECONDS: f64 = 10.0;
+const SPARSE_SECONDS_PER_WORD: f64 = 1.0;
 
 /// Mel frames of a window that silence caching encodes when `audio_frames` hold audio: the
 /// audio and its margin, rounded up to even (the stem has stride 2).
@@ -115,9 +122,12 @@ pub struct Timings {
     pub decoder_ms: f64,
     pub tokens: usize,
     pub windows: usize,
-    /// Windows whose silence-cached encoding left the no-speech decision in doubt and were
-    /// encoded again whole.
+    /// Windows whose silence-cached or reduced (r > 1) encoding left the no-speech decision in
+    /// doubt and were encoded again whole and dense.
     pub whole_window_rechecks: usize,
+    /// Windows encoded at r > 1 whose decoding skipped speech (a long segment with few words)
+    /// and were decoded again with the dense encoder.
+    pub dense_redecodes: usize,
 }
 
 impl Timings {
@@ -128,6 +138,7 @@ impl Timings {
         self.tokens += other.tokens;
         self.windows += other.windows;
         self.whole_window_rechecks += other.whole_window_rechecks;
+        self.dense_redecodes += other.dense_redecodes;
     }
 }
 
@@ -358,12 +369,17 @@ impl<'m> Transcriber<'m> {
                 opts.no_speech_threshold.is_some_and(|t| r.no_speech_prob > t as f64)
                     || opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp as f64)
             };
-            if stats.encoded_frames < stats.frames && opts.no_speech_threshold.is_some() && doubtful(&result) {
+            let reduced = opts.encode.reduction > 1.0;
+            let approximate = stats.encoded_frames < stats.frames || reduced;
+            let dense = TranscribeOptions { encode: EncodeOptions { reduction: 1.0 }, ..opts.clone() };
+            if approximate && opts.no_speech_threshold.is_some() && doubtful(&result) {
                 // Noise is where Whisper invents "you" and "Thank you.", and the block encoding
                 // shifts both scores there (no-speech 0.52 where the whole window gives over
-                // 0.6 on running water), so a doubtful window is decided by the whole window,
-                // as it would be without silence caching. Clear speech passes both tests.
-                let whole = TranscribeOptions { silence_cache: false, ..opts.clone() };
+                // 0.6 on running water), so a doubtful window is decided by the whole window
+                // and the dense encoder, as it would be without silence caching and CoDA.
+                // Clear speech passes both tests. CoDA at r = 4 made noisy speech doubtful
+                // where the dense model was sure, and dropped it.
+                let whole = TranscribeOptions { silence_cache: false, ..dense.clone() };
                 let (features, stats) = self.encode_segment(&mel, seek, segment_size, &whole)?;
                 timings.encoder_ms += stats.ms;
                 timings.whole_window_rechecks += 1;
@@ -371,6 +387,18 @@ impl<'m> Transcriber<'m> {
                 let t_dec = Instant::now();
                 result =
                     self.decode_with_fallback(&features, None, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens, window_seconds)?;
+                timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+            }
+            if reduced && !opts.without_timestamps && has_sparse_segment(&result.tokens, tok)? {
+                let (features, stats) = self.encode_segment(&mel, seek, segment_size, &dense)?;
+                timings.encoder_ms += stats.ms;
+                timings.dense_redecodes += 1;
+                accumulate(&mut encoder_total, &stats);
+                let t_dec = Instant::now();
+                let padding =
+                    (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
+                result =
+                    self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens, window_seconds)?;
                 timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
             }
             if is_silent(&result) {
@@ -800,6 +828,32 @@ impl<'m> Transcriber<'m> {
             logits[..tb].fill(ninf);
         }
     }
+}
+
+/// Whether a timestamped decoding has a segment longer than [`SPARSE_SEGMENT_SECONDS`] at more
+/// than [`SPARSE_SECONDS_PER_WORD`].
+pub fn has_sparse_segment(tokens: &[u32], tok: &crate::model::tokens::WhisperTokenizer) -> Result<bool> {
+    let mut start: Option<u32> = None;
+    let mut text: Vec<u32> = Vec::new();
+    for &t in tokens {
+        if tok.is_timestamp(t) {
+            match start {
+                Some(s) if !text.is_empty() => {
+                    let seconds = t.saturating_sub(s) as f64 * TIME_PRECISION;
+                    let words = tok.decode_text(&text)?.split_whitespace().count();
+                    if seconds > SPARSE_SEGMENT_SECONDS && seconds > SPARSE_SECONDS_PER_WORD * words as f64 {
+                        return Ok(true);
+                    }
+                    start = None;
+                    text.clear();
+                }
+                _ => start = Some(t),
+            }
+        } else if t < tok.eot && start.is_some() {
+            text.push(t);
+        }
+    }
+    Ok(false)
 }
 
 fn accumulate(total: &mut EncodeStats, s: &EncodeStats) {

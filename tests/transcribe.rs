@@ -123,3 +123,29 @@ fn the_token_limit_stops_a_window_and_says_so() {
     assert!(tight.first_window_tokens.len() <= 10 + 10, "{} tokens", tight.first_window_tokens.len());
     assert!(plain.first_window_tokens.len() > 20 + 1);
 }
+
+#[test]
+fn a_long_segment_with_few_words_counts_as_skipped_speech() {
+    // What sends a reduced-encoder window back to the dense encoder: the decoder jumped over
+    // speech (29.6 s read as 16 words, as CoDA r = 4 once did), not a short pause.
+    let tok = &common::tiny_en().tokenizer;
+    let at = |seconds: f64| tok.timestamp_begin + (seconds / 0.02).round() as u32;
+    let segment = |start: f64, end: f64, words: usize| {
+        let mut tokens = vec![at(start)];
+        tokens.extend(tok.encode(&" word".repeat(words)).unwrap());
+        tokens.push(at(end));
+        tokens
+    };
+    let sparse = |tokens: &[u32]| coda_asr::transcribe::has_sparse_segment(tokens, tok).unwrap();
+    assert!(sparse(&segment(0.0, 29.6, 16)));
+    assert!(!sparse(&segment(0.0, 6.2, 2)), "a short segment around a pause");
+    assert!(!sparse(&segment(0.0, 12.0, 15)), "a long segment of ordinary speech");
+    // Judged segment by segment, across the doubled timestamps between them.
+    let mut two = segment(0.0, 5.0, 12);
+    two.extend(segment(5.0, 28.0, 6));
+    assert!(sparse(&two));
+    let mut ordinary = segment(0.0, 5.0, 12);
+    ordinary.extend(segment(5.0, 9.0, 10));
+    ordinary.push(tok.eot);
+    assert!(!sparse(&ordinary));
+}

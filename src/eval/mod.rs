@@ -78,6 +78,12 @@ pub struct EvalSummary {
     pub encoder_ms: f64,
     pub decoder_ms: f64,
     pub windows: usize,
+    /// Windows decided again by the dense encoder: doubtful no-speech tests, and (r > 1)
+    /// decodings that skipped speech. Older reports have neither.
+    #[serde(default)]
+    pub whole_window_rechecks: usize,
+    #[serde(default)]
+    pub dense_redecodes: usize,
     pub tokens: usize,
     pub encoder_ms_per_window: f64,
     pub decoder_ms_per_token: f64,
@@ -186,6 +192,8 @@ pub fn run(
         encoder_ms: timings.encoder_ms,
         decoder_ms: timings.decoder_ms,
         windows: timings.windows,
+        whole_window_rechecks: timings.whole_window_rechecks,
+        dense_redecodes: timings.dense_redecodes,
         tokens: timings.tokens,
         encoder_ms_per_window: timings.encoder_ms / timings.windows.max(1) as f64,
         decoder_ms_per_token: timings.decoder_ms / timings.tokens.max(1) as f64,
@@ -220,6 +228,7 @@ fn metric_rows() -> Vec<(&'static str, fn(&EvalSummary) -> String)> {
         ("encoder ms / 30 s window", |s| format!("{:.1}", s.encoder_ms_per_window)),
         ("decoder ms / token", |s| format!("{:.2}", s.decoder_ms_per_token)),
         ("windows / tokens", |s| format!("{} / {}", s.windows, s.tokens)),
+        ("windows rechecked / re-decoded dense", |s| format!("{} / {}", s.whole_window_rechecks, s.dense_redecodes)),
         ("encoder GFLOP run (dense)", |s| format!("{:.1} ({:.1})", s.encoder_gflop, s.encoder_dense_gflop)),
         ("heavy frames % per layer", |s| fmt_fractions(&s.heavy_fraction)),
     ]
