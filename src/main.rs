@@ -148,6 +148,7 @@ impl DecodeArgs {
             seed: self.seed,
             audio_ctx: baseline == Some(Baseline::AudioCtx),
             silence_cache: !self.full_window,
+            dense_rescue: baseline.is_none(),
             ..Default::default()
         };
         if self.no_fallback {

@@ -76,6 +76,10 @@ pub struct TranscribeOptions {
     /// with timestamps). A short streaming buffer that sends greedy decoding into a loop
     /// otherwise runs to 224 tokens, a second or more of compute, before anyone can reject it.
     pub max_tokens_per_second: Option<f64>,
+    /// With a reduced encoder (r > 1), windows whose no-speech test is in doubt or whose
+    /// decoding skipped speech are decided by the dense encoder. Off for the training-free
+    /// baselines, which are measured as they are.
+    pub dense_rescue: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -96,6 +100,7 @@ impl Default for TranscribeOptions {
             audio_ctx: false,
             silence_cache: true,
             max_tokens_per_second: None,
+            dense_rescue: true,
             draft: Vec::new(),
         }
     }
@@ -369,9 +374,9 @@ impl<'m> Transcriber<'m> {
                 opts.no_speech_threshold.is_some_and(|t| r.no_speech_prob > t as f64)
                     || opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp as f64)
             };
-            let reduced = opts.encode.reduction > 1.0;
+            let reduced = opts.encode.reduction > 1.0 && opts.dense_rescue;
             let approximate = stats.encoded_frames < stats.frames || reduced;
-            let dense = TranscribeOptions { encode: EncodeOptions { reduction: 1.0 }, ..opts.clone() };
+            let dense = if reduced { TranscribeOptions { encode: EncodeOptions { reduction: 1.0 }, ..opts.clone() } } else { opts.clone() };
             if approximate && opts.no_speech_threshold.is_some() && doubtful(&result) {
                 // Noise is where Whisper invents "you" and "Thank you.", and the block encoding
                 // shifts both scores there (no-speech 0.52 where the whole window gives over
