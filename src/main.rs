@@ -393,6 +393,10 @@ struct TrainArgs {
     /// for fresh adapters; with --resume the checkpoint's routing unless given.
     #[arg(long, value_enum)]
     routing: Option<RoutingArg>,
+    /// Layers that run at a lower reduction than the call's r, as LAYER:SCALE pairs: layer 0:0.5
+    /// runs at max(1, r / 2). With --resume, --layers may add layers (their adapters start fresh).
+    #[arg(long, value_delimiter = ',', value_parser = parse_layer_scale)]
+    layer_reduction_scale: Vec<(usize, f64)>,
     /// Share of steps distilled on a teacher transcript with timestamp tokens, as transcription
     /// decodes by default (0 = all with <|notimestamps|>, as runs before session 13)
     #[arg(long, default_value_t = 1.0)]
@@ -413,6 +417,17 @@ struct TrainArgs {
     max_seconds: f64,
     #[command(flatten)]
     model: ModelArgs,
+}
+
+/// `LAYER:SCALE` with 0 < SCALE ≤ 1.
+fn parse_layer_scale(text: &str) -> std::result::Result<(usize, f64), String> {
+    let (layer, scale) = text.split_once(':').ok_or_else(|| format!("{text}: expected LAYER:SCALE, e.g. 0:0.5"))?;
+    let layer = layer.trim().parse::<usize>().map_err(|e| format!("{text}: layer: {e}"))?;
+    let scale = scale.trim().parse::<f64>().map_err(|e| format!("{text}: scale: {e}"))?;
+    if !(scale > 0.0 && scale <= 1.0) {
+        return Err(format!("{text}: the scale must be in (0, 1]"));
+    }
+    Ok((layer, scale))
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -931,6 +946,7 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         layers: args.layers.clone(),
         bottleneck: args.bottleneck,
         reductions: args.reductions.clone(),
+        reduction_scale: args.layer_reduction_scale.clone(),
         routing: args.routing.map(|routing| match routing {
             RoutingArg::Grid => coda_asr::model::coda::Routing::Grid,
             RoutingArg::PooledGrid => coda_asr::model::coda::Routing::PooledGrid,

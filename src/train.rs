@@ -48,6 +48,8 @@ pub struct TrainOptions {
     /// Routing of fresh adapters (grid when None). With `resume`, None keeps the checkpoint's
     /// and Some switches it: grid, pooled grid and top-k share their parameters.
     pub routing: Option<Routing>,
+    /// Layers to run at a lower reduction, (layer, scale): see `CodaConfig::reduction_scale`.
+    pub reduction_scale: Vec<(usize, f64)>,
     /// Share of steps whose teacher transcript carries timestamp tokens (the rest decode with
     /// <|notimestamps|>). Transcription decodes with timestamps by default, so 1.0 distils what
     /// inference runs; runs before session 13 used 0.0.
@@ -177,7 +179,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         if let Some(routing) = opts.routing {
             weights.config.routing = routing;
         }
-        match opts.bottleneck {
+        let mut weights = match opts.bottleneck {
             Some(b) if b != weights.config.bottleneck => {
                 let d = model.config.d_model;
                 // As fresh adapters' down projections: Kaiming-normal, from a stream of its own
@@ -186,7 +188,27 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
                 weights.widen(b, &mut |rows, cols| (0..rows * cols).map(|_| (init.normal() * (2.0 / d as f64).sqrt()) as f32).collect())?
             }
             _ => weights,
+        };
+        if let Some(wanted) = &opts.layers {
+            ensure!(
+                weights.config.layers.iter().all(|l| wanted.contains(l)),
+                "--resume: --layers {wanted:?} would drop adapted layers of the checkpoint ({:?})",
+                weights.config.layers
+            );
+            if wanted.iter().any(|l| !weights.config.layers.contains(l)) {
+                // New layers' adapters start fresh, from a stream of their own (so the run draws
+                // the same examples and r as one at the same seed without them); the others
+                // keep their weights.
+                let mut config = weights.config.clone();
+                config.layers = wanted.clone();
+                config.layers.sort_unstable();
+                config.layers.dedup();
+                let grown = seeded_fresh(config, model, &mut Rng::new(opts.seed ^ 0x5851_f42d_4c95_7f2d))?;
+                grown.copy_from(&weights)?;
+                weights = grown;
+            }
         }
+        weights
     } else {
         let mut config = CodaConfig::new(layers, &model.name(), &base_sha);
         config.bottleneck = opts.bottleneck.unwrap_or(64);
@@ -196,6 +218,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     };
     ensure!(weights.config.base_model_sha256 == base_sha, "checkpoint was trained on another base model");
     let mut weights = weights;
+    weights.config.reduction_scale.extend(opts.reduction_scale.iter().copied());
     // A resumed run keeps the record of what it started from.
     let resumed_from = (opts.resume && !weights.config.training.is_null()).then(|| weights.config.training.clone());
     weights.config.training = serde_json::json!({

@@ -303,6 +303,48 @@ fn a_closed_budget_gate_turns_the_adapter_off_at_its_r_only() {
 }
 
 #[test]
+fn a_layer_with_a_reduction_scale_routes_at_its_own_r() {
+    let model = common::tiny_en();
+    let mut config = CodaConfig::new(vec![0, 1, 2, 3], "tiny.en", "test");
+    config.routing = Routing::PooledGrid;
+    config.reduction_scale.insert(0, 0.5);
+    let weights = CodaWeights::fresh(config, 384, &Device::Cpu).unwrap();
+    let layers = weights.layers(&model.encoder.dense_layers, false).unwrap();
+    let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
+    // r = 4: layer 0 at r = 2, the others at 4.
+    let (_, first) = layers[0].1.forward(&x, &EncodeOptions { reduction: 4.0 }).unwrap();
+    let (_, second) = layers[1].1.forward(&x, &EncodeOptions { reduction: 4.0 }).unwrap();
+    assert_eq!((first.heavy_frames, second.heavy_frames), (300, 150));
+    // r = 2: layer 0 at r = 1 is the pretrained layer itself, adapter off.
+    let (y, stats) = layers[0].1.forward(&x, &EncodeOptions { reduction: 2.0 }).unwrap();
+    assert_eq!(stats.heavy_frames, 600);
+    let dense = model.encoder.dense_layers[0].run(&x).unwrap();
+    assert_eq!((y - dense).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    // The scale survives save and load.
+    let dir = tempfile::tempdir().unwrap();
+    weights.save(dir.path()).unwrap();
+    assert_eq!(CodaWeights::load(dir.path(), &Device::Cpu).unwrap().config.reduction_scale.get(&0), Some(&0.5));
+}
+
+#[test]
+fn adapters_for_more_layers_keep_the_trained_ones() {
+    // What `train --resume --layers` does when it adds layers.
+    let shipped = CodaWeights::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/coda-tiny.en"), &Device::Cpu).unwrap();
+    let mut config = shipped.config.clone();
+    config.layers = vec![0, 1, 2, 3];
+    let grown = CodaWeights::fresh(config, 384, &Device::Cpu).unwrap();
+    grown.copy_from(&shipped).unwrap();
+    let (old, new) = (shipped.vars.data().lock().unwrap(), grown.vars.data().lock().unwrap());
+    for (name, var) in old.iter() {
+        let diff = (var.as_tensor() - new[name].as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0, "{name}");
+    }
+    // The new layer's adapter starts switched off (zero up projection).
+    let up = new["layers.0.up.weight"].as_tensor().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(up, 0.0);
+}
+
+#[test]
 fn adapters_save_and_load_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let config = CodaConfig::new(vec![1, 3], "tiny.en", "abc");
@@ -399,6 +441,7 @@ fn a_short_training_run_lowers_the_loss() {
         // loss falling; grid routing starts close to it, and over twelve different random
         // examples its small gain is inside their spread.
         routing: Some(Routing::TopK),
+        reduction_scale: Vec::new(),
         // The default: the teacher transcript with timestamps, as transcription decodes.
         timestamp_share: 1.0,
         synthetic_manifest: None,

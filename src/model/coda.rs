@@ -87,6 +87,11 @@ pub struct CodaConfig {
     /// and those hurt r = 2 (README, CoDA).
     #[serde(default)]
     pub budget_gates: bool,
+    /// Layers that run at a lower reduction than the call's r: layer l runs at
+    /// max(1, r × scale[l]) (absent: 1, the call's r). Layer 0 works on the conv stem's
+    /// frames and loses the most when reduced, and it is half of the encoder's work at r = 4.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reduction_scale: std::collections::BTreeMap<usize, f64>,
     pub base_model: String,
     pub base_model_sha256: String,
     #[serde(default)]
@@ -106,6 +111,7 @@ impl CodaConfig {
             iterations: 30,
             routing: Routing::Grid,
             budget_gates: true,
+            reduction_scale: Default::default(),
             base_model: base_model.to_string(),
             base_model_sha256: base_model_sha256.to_string(),
             training: serde_json::Value::Null,
@@ -421,6 +427,8 @@ pub struct CodaLayer {
     pub iterations: usize,
     pub bottleneck: usize,
     pub routing: Routing,
+    /// This layer runs at max(1, r × reduction_scale) (see [`CodaConfig::reduction_scale`]).
+    pub reduction_scale: f64,
 }
 
 impl CodaLayer {
@@ -441,7 +449,10 @@ impl CodaLayer {
     /// The layer with routing done on the host (`on_device` false: exact bisection for λ, one
     /// copy of the scores per layer) or with tensor ops only (true: what GPUs run, so nothing
     /// leaves the device between layers; callable on the CPU to check it against the host path).
-    pub fn forward_routed(&self, x: &Tensor, opts: &EncodeOptions, on_device: bool) -> Result<(Tensor, BlockStats)> {
+    pub fn forward_routed(&self, x: &Tensor, call: &EncodeOptions, on_device: bool) -> Result<(Tensor, BlockStats)> {
+        // The budget gates follow the call's r (the budget); routing follows this layer's.
+        let gate_r = call.reduction;
+        let opts = &EncodeOptions { reduction: (call.reduction * self.reduction_scale).max(1.0) };
         let (batch, n, _) = x.dims3()?;
         let k = opts.heavy_frames(n);
         let (d, ffn) = (self.dense.d, self.dense.ffn);
@@ -458,7 +469,7 @@ impl CodaLayer {
             let flops = batch as f64 * layer_flops(n, self.dense.d, self.dense.ffn);
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
         }
-        let light = (x + self.adapter.light(x, opts.reduction)?)?;
+        let light = (x + self.adapter.light(x, gate_r)?)?;
         if self.routing.is_grid() {
             // Data-independent, so the same on every device. No router; pooling costs what
             // the router would have (one multiply-add per frame and channel), twice over when
@@ -618,6 +629,16 @@ impl CodaWeights {
         Ok(wide)
     }
 
+    /// Take every variable these adapters share with `other` from it (adapters for layers
+    /// `other` lacks keep their fresh values).
+    pub fn copy_from(&self, other: &CodaWeights) -> Result<()> {
+        let ours = self.vars.data().lock().expect("var map lock");
+        for (name, value) in other.vars.data().lock().expect("var map lock").iter() {
+            ours.get(name).with_context(|| format!("adapters have no {name}"))?.set(value.as_tensor())?;
+        }
+        Ok(())
+    }
+
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
         self.vars.save(dir.join("adapters.safetensors"))?;
@@ -656,6 +677,7 @@ impl CodaWeights {
                         iterations: self.config.iterations,
                         bottleneck: self.config.bottleneck,
                         routing: self.config.routing,
+                        reduction_scale: self.config.reduction_scale.get(&l).copied().unwrap_or(1.0),
                     },
                 ))
             })
