@@ -246,6 +246,10 @@ impl State<'_> {
             // Keep a step's cost predictable: one greedy pass, no sampling retries.
             temperatures: vec![0.0],
             max_tokens_per_second: Some(MAX_TOKENS_PER_SECOND),
+            // No dense re-encodes either: the next pass hears the audio again, and the budget
+            // controller needs each pass to cost what r says (simulated at r = 4, the rescue
+            // raised compute / audio 0.259 → 0.304 on the shared long files; README, CoDA).
+            dense_rescue: false,
             draft: match &self.draft {
                 Some((tokens, start)) if *start == self.buffer.start() => tokens.clone(),
                 _ => Vec::new(),
