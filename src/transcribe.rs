@@ -78,7 +78,8 @@ pub struct TranscribeOptions {
     pub max_tokens_per_second: Option<f64>,
     /// With a reduced encoder (r > 1), windows whose no-speech test is in doubt or whose
     /// decoding skipped speech are decided by the dense encoder. Off for the training-free
-    /// baselines, which are measured as they are.
+    /// baselines, which are measured as they are, and for streaming, whose passes must cost
+    /// what their r says.
     pub dense_rescue: bool,
 }
 
@@ -128,7 +129,7 @@ pub struct Timings {
     pub tokens: usize,
     pub windows: usize,
     /// Windows whose silence-cached or reduced (r > 1) encoding left the no-speech decision in
-    /// doubt and were encoded again whole and dense.
+    /// doubt and were encoded again whole (and dense, with the dense rescue).
     pub whole_window_rechecks: usize,
     /// Windows encoded at r > 1 whose decoding skipped speech (a long segment with few words)
     /// and were decoded again with the dense encoder.

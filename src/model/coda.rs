@@ -24,7 +24,7 @@
 //! loses (README, CoDA). [`Routing::PooledGridFineContext`] goes one step further: the heavy
 //! layer's queries (and its FFN) stay on the k pooled frames, but its attention reads keys and
 //! values from stretches half as long, so attention sees the sequence at twice the grid's
-//! resolution for a quarter more work.
+//! resolution for a sixth more work at r = 4.
 
 use super::encoder::{attending_layer_flops, layer_flops, BlockStats, DenseLayer, EncodeOptions, EncoderBlock};
 use super::layers::{normalize_last_dim, Gelu, Norm};
