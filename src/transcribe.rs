@@ -378,6 +378,19 @@ impl<'m> Transcriber<'m> {
             let reduced = opts.encode.reduction > 1.0 && opts.dense_rescue;
             let approximate = stats.encoded_frames < stats.frames || reduced;
             let dense = if reduced { TranscribeOptions { encode: EncodeOptions { reduction: 1.0 }, ..opts.clone() } } else { opts.clone() };
+            // This window encoded again as `encoding` says, and decoded.
+            let decode_again = |encoding: &TranscribeOptions, timings: &mut Timings, encoder_total: &mut EncodeStats, rng: &mut Rng| {
+                let (features, stats) = self.encode_segment(&mel, seek, segment_size, encoding)?;
+                timings.encoder_ms += stats.ms;
+                accumulate(encoder_total, &stats);
+                let t_dec = Instant::now();
+                let padding =
+                    (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
+                let result =
+                    self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, rng, &mut timings.tokens, window_seconds);
+                timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+                result
+            };
             if approximate && opts.no_speech_threshold.is_some() && doubtful(&result) {
                 // Noise is where Whisper invents "you" and "Thank you.", and the block encoding
                 // shifts both scores there (no-speech 0.52 where the whole window gives over
@@ -385,27 +398,13 @@ impl<'m> Transcriber<'m> {
                 // and the dense encoder, as it would be without silence caching and CoDA.
                 // Clear speech passes both tests. CoDA at r = 4 made noisy speech doubtful
                 // where the dense model was sure, and dropped it.
-                let whole = TranscribeOptions { silence_cache: false, ..dense.clone() };
-                let (features, stats) = self.encode_segment(&mel, seek, segment_size, &whole)?;
-                timings.encoder_ms += stats.ms;
                 timings.whole_window_rechecks += 1;
-                accumulate(&mut encoder_total, &stats);
-                let t_dec = Instant::now();
-                result =
-                    self.decode_with_fallback(&features, None, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens, window_seconds)?;
-                timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+                let whole = TranscribeOptions { silence_cache: false, ..dense.clone() };
+                result = decode_again(&whole, &mut timings, &mut encoder_total, &mut rng)?;
             }
             if reduced && !opts.without_timestamps && has_sparse_segment(&result.tokens, tok)? {
-                let (features, stats) = self.encode_segment(&mel, seek, segment_size, &dense)?;
-                timings.encoder_ms += stats.ms;
                 timings.dense_redecodes += 1;
-                accumulate(&mut encoder_total, &stats);
-                let t_dec = Instant::now();
-                let padding =
-                    (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
-                result =
-                    self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens, window_seconds)?;
-                timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+                result = decode_again(&dense, &mut timings, &mut encoder_total, &mut rng)?;
             }
             if is_silent(&result) {
                 seek += segment_size;
