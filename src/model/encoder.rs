@@ -122,7 +122,13 @@ impl DenseLayer {
         let q = split_heads(&qkv.narrow(2, 0, d)?, self.heads)?;
         let k = split_heads(&qkv.narrow(2, d, d)?, self.heads)?;
         let v = split_heads(&qkv.narrow(2, 2 * d, d)?, self.heads)?;
-        let a = self.out.forward(&merge_heads(&attention(&q, &k, &v, None)?)?)?;
+        self.attend_then_mlp(x, &q, &k, &v)
+    }
+
+    /// The rest of the layer once queries, keys and values [b, heads, n, dh] are projected:
+    /// attention, output projection and residual on x, then the MLP.
+    fn attend_then_mlp(&self, x: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let a = self.out.forward(&merge_heads(&attention(q, k, v, None)?)?)?;
         let x = (x + a)?;
         Ok((&x + self.mlp.forward(&x)?)?)
     }
@@ -139,9 +145,7 @@ impl DenseLayer {
         let kv = kv_proj.forward(&self.attn_ln.forward(context)?)?;
         let k = split_heads(&kv.narrow(2, 0, d)?, self.heads)?;
         let v = split_heads(&kv.narrow(2, d, d)?, self.heads)?;
-        let a = self.out.forward(&merge_heads(&attention(&q, &k, &v, None)?)?)?;
-        let x = (x + a)?;
-        Ok((&x + self.mlp.forward(&x)?)?)
+        self.attend_then_mlp(x, &q, &k, &v)
     }
 
     pub fn set_gelu(&mut self, gelu: Gelu) {
