@@ -118,6 +118,14 @@ impl CodaConfig {
         }
     }
 
+    /// Per encoder layer, the multiple of the call's r it runs at (0: a dense layer): what
+    /// the live controller's cost model needs.
+    pub fn layer_reduction_scales(&self, encoder_layers: usize) -> Vec<f64> {
+        (0..encoder_layers)
+            .map(|l| if self.layers.contains(&l) { self.reduction_scale.get(&l).copied().unwrap_or(1.0) } else { 0.0 })
+            .collect()
+    }
+
     /// The trained r that get a budget gate each (None: no gates).
     pub fn gated_reductions(&self) -> Option<&[f64]> {
         self.budget_gates.then_some(self.reductions.as_slice())

@@ -3,20 +3,49 @@
 //!
 //! A step's compute is the encoder's plus everything else (mel, decoder), and only the encoder
 //! depends on r. The controller keeps both loads (compute / audio, exponential averages) and
-//! predicts the load at every r from a cost model of the encoder: a fixed part (conv stem,
-//! dense layer 0, padding) plus a part that scales as 1 / r (the conditional layers). It then
-//! takes the most accurate r predicted to fit. Stepping one r at a time and lowering r only
-//! with half the budget unused, as before, left it at the largest r: the decoder, not the
+//! predicts the load at every r from a cost model of the encoder ([`EncoderCost`]): a fixed
+//! part (conv stem, padding) plus each layer's share divided by the reduction it runs at. It
+//! then takes the most accurate r predicted to fit. Stepping one r at a time and lowering r
+//! only with half the budget unused, as before, left it at the largest r: the decoder, not the
 //! encoder, holds most of the load, so no single step down ever looked safe.
 
-/// Share of the encoder's time that does not depend on r: fitted to `coda-asr bench` (README,
-/// Measured; dense with silence caching 195 ms, r = 2 / 3 / 4 / 8 128 / 118 / 107 / 91 ms
-/// gives 0.31–0.41, whole windows 0.33–0.40).
-const ENCODER_FIXED_SHARE: f64 = 0.4;
+/// Share of the encoder's time outside its layers (conv stem, padding, fixed costs); the rest
+/// is split evenly between the layers. Fitted to `coda-asr bench` with layer 0 dense and
+/// layers 1–3 at r (README, Measured; dense with silence caching 195 ms, r = 2 / 3 / 4 / 8 128
+/// / 118 / 107 / 91 ms gives a part independent of r of 0.31–0.41, whole windows 0.33–0.40):
+/// 0.4 for the stem and layer 0 together, 0.2 for each of tiny.en's four layers.
+const ENCODER_STEM_SHARE: f64 = 0.2;
 /// A lower r must be predicted to fit this far inside the budget (no flapping at the edge).
 const STEP_DOWN_MARGIN: f64 = 0.9;
 /// Weight of the newest step in the load averages.
 const SMOOTHING: f64 = 0.3;
+
+/// Encoder cost at reduction r relative to the dense encoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderCost {
+    /// Per encoder layer: it runs at max(1, r × scale) (0: always dense; see
+    /// `CodaConfig::layer_reduction_scales`).
+    layer_scales: Vec<f64>,
+}
+
+impl Default for EncoderCost {
+    /// Layer 0 dense, layers 1–3 at r (tiny.en's adapters before session 16).
+    fn default() -> Self {
+        Self::new(vec![0.0, 1.0, 1.0, 1.0])
+    }
+}
+
+impl EncoderCost {
+    pub fn new(layer_scales: Vec<f64>) -> Self {
+        Self { layer_scales }
+    }
+
+    pub fn at(&self, r: f64) -> f64 {
+        let layer_share = (1.0 - ENCODER_STEM_SHARE) / self.layer_scales.len().max(1) as f64;
+        let layers: f64 = self.layer_scales.iter().map(|&scale| layer_share / (r * scale).max(1.0)).sum();
+        ENCODER_STEM_SHARE + layers
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct BudgetController {
@@ -33,11 +62,7 @@ pub struct BudgetController {
     /// A fixed r chosen by the user (None = automatic).
     pub fixed: Option<f64>,
     adaptive: bool,
-}
-
-/// Encoder cost at reduction r relative to the dense encoder.
-fn encoder_cost(r: f64) -> f64 {
-    ENCODER_FIXED_SHARE + (1.0 - ENCODER_FIXED_SHARE) / r.max(1.0)
+    cost: EncoderCost,
 }
 
 impl BudgetController {
@@ -50,7 +75,13 @@ impl BudgetController {
             choices.push(1.0);
         }
         let index = choices.iter().position(|&r| r >= start).unwrap_or(choices.len() - 1);
-        Self { choices, index, budget, load: 0.0, encoder_load: 0.0, measured_at: 1.0, fixed: None, adaptive }
+        Self { choices, index, budget, load: 0.0, encoder_load: 0.0, measured_at: 1.0, fixed: None, adaptive, cost: EncoderCost::default() }
+    }
+
+    /// Predict the encoder's cost per r with this model (the adapters' layers and their scales).
+    pub fn with_cost(mut self, cost: EncoderCost) -> Self {
+        self.cost = cost;
+        self
     }
 
     pub fn can_adapt(&self) -> bool {
@@ -64,7 +95,7 @@ impl BudgetController {
     /// Predicted compute / audio at reduction `r`, from the loads measured so far.
     pub fn predicted_load(&self, r: f64) -> f64 {
         let other = (self.load - self.encoder_load).max(0.0);
-        other + self.encoder_load * encoder_cost(r) / encoder_cost(self.measured_at)
+        other + self.encoder_load * self.cost.at(r) / self.cost.at(self.measured_at)
     }
 
     /// Record one step (`compute_s` seconds in all, `encoder_s` of them in the encoder, for
@@ -77,7 +108,7 @@ impl BudgetController {
             (self.load, self.encoder_load) = (ratio, encoder_ratio);
         } else {
             // The averages describe the previous step's r: bring them to this step's first.
-            let scaled = self.encoder_load * encoder_cost(ran) / encoder_cost(self.measured_at);
+            let scaled = self.encoder_load * self.cost.at(ran) / self.cost.at(self.measured_at);
             self.load += scaled - self.encoder_load;
             self.encoder_load = scaled;
             self.load += SMOOTHING * (ratio - self.load);
@@ -153,13 +184,32 @@ mod tests {
             c.observe(0.45, 0.25, 1.0);
         }
         c.fixed = None;
-        let at_2 = 0.2 + 0.25 * encoder_cost(2.0) / encoder_cost(8.0);
+        let cost = EncoderCost::default();
+        let at_2 = 0.2 + 0.25 * cost.at(2.0) / cost.at(8.0);
         assert!((c.predicted_load(2.0) - at_2).abs() < 1e-6, "{}", c.predicted_load(2.0));
         assert!(at_2 > 0.5);
         // The next step runs dense (where automatic mode left off) and costs what the model
         // says; r = 8 is the only r that fits.
-        let dense = 0.25 / encoder_cost(8.0);
+        let dense = 0.25 / cost.at(8.0);
         assert_eq!(c.observe(0.2 + dense, dense, 1.0), 8.0);
+    }
+
+    #[test]
+    fn the_cost_model_follows_the_layers_reductions() {
+        // Layer 0 dense, layers 1–3 at r: the fixed 0.4 and 0.6 / r the controller was fitted with.
+        let old = EncoderCost::default();
+        for r in [1.0, 2.0, 3.0, 4.0, 8.0] {
+            assert!((old.at(r) - (0.4 + 0.6 / r)).abs() < 1e-12);
+        }
+        // Layer 0 at r / 2: the same at r = 2 (it is dense there), cheaper above.
+        let half = EncoderCost::new(vec![0.5, 1.0, 1.0, 1.0]);
+        assert!((half.at(2.0) - old.at(2.0)).abs() < 1e-12);
+        assert!((half.at(4.0) - (0.2 + 0.2 / 2.0 + 0.6 / 4.0)).abs() < 1e-12);
+        // The controller then predicts r = 4 from a step measured at r = 2 with that model.
+        let mut c = BudgetController::new(vec![2.0, 4.0], 0.5, 2.0).with_cost(half.clone());
+        c.fixed = Some(2.0);
+        c.observe(0.6, 0.35, 1.0);
+        assert!((c.predicted_load(4.0) - (0.25 + 0.35 * half.at(4.0) / half.at(2.0))).abs() < 1e-9);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! of the committed words so latency and cost stay bounded.
 
 use super::buffer::AudioBuffer;
-use super::controller::BudgetController;
+use super::controller::{BudgetController, EncoderCost};
 use super::policy::{segment_cut, segments_to_words, LocalAgreement, Word};
 use super::vad::Vad;
 use crate::model::EncodeOptions;
@@ -545,6 +545,9 @@ impl<'a> State<'a> {
     /// speech, while the first audio queues up).
     fn new(t: &'a Transcriber<'a>, opts: StreamOptions, events: Sender<Event>, dropped: Arc<AtomicU64>, started: Option<Instant>) -> Self {
         let mut controller = BudgetController::new(opts.reductions.clone(), opts.budget, opts.start_reduction);
+        if let Some(coda) = &t.model.coda {
+            controller = controller.with_cost(EncoderCost::new(coda.config.layer_reduction_scales(t.model.config.encoder_layers)));
+        }
         controller.fixed = opts.fixed_reduction;
         let s = State {
             t,
