@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Speed/accuracy comparison in one run on one machine: faster-whisper tiny.en (int8 and fp32,
-# 2 threads, greedy, no VAD) against `coda-asr eval` (dense encoder, and CoDA at r = 2 and 4) on the
+# 2 threads, greedy, no VAD) against `coda-asr eval` (dense encoder, and CoDA at r = 2, 3 and 4) on the
 # same manifest and weights.
 # usage: scripts/compare_faster_whisper.sh [MANIFEST]
 set -euo pipefail
@@ -25,14 +25,14 @@ for ct in int8 float32; do
   python3 scripts/faster_whisper_baseline.py "$CT2" "$MANIFEST" --compute-type $ct --threads 2 --normalizer-dir "$NORM" | tee "$OUT/faster-whisper-$ct.json"
 done
 ./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 --dense --json "$OUT/coda-asr-dense.json" --label "coda-asr dense" >/dev/null
-for r in 2 4; do
+for r in 2 3 4; do
   ./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 --reduction $r --json "$OUT/coda-asr-r$r.json" --label "coda-asr CoDA r=$r" >/dev/null
 done
 python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 fw = {ct: json.load(open(os.path.join(out, f"faster-whisper-{ct}.json"))) for ct in ("int8", "float32")}
-ours = [json.load(open(os.path.join(out, f)))["summary"] for f in ("coda-asr-dense.json", "coda-asr-r2.json", "coda-asr-r4.json")]
+ours = [json.load(open(os.path.join(out, f)))["summary"] for f in ("coda-asr-dense.json", "coda-asr-r2.json", "coda-asr-r3.json", "coda-asr-r4.json")]
 print("| engine | WER % | wall s | RTF | wall vs faster-whisper int8 |")
 print("| --- | ---: | ---: | ---: | ---: |")
 for ct, r in fw.items():
