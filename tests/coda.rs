@@ -328,13 +328,19 @@ fn a_layer_with_a_reduction_scale_routes_at_its_own_r() {
 
 #[test]
 fn adapters_for_more_layers_keep_the_trained_ones() {
-    // What `train --resume --layers` does when it adds layers.
+    // What `train --resume --layers` does when it adds layers: here trained adapters for layers
+    // 1–3 (the shipped ones without layer 0's) grow one for layer 0.
     let shipped = CodaWeights::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/coda-tiny.en"), &Device::Cpu).unwrap();
     let mut config = shipped.config.clone();
+    config.layers = vec![1, 2, 3];
+    let trained = CodaWeights::fresh(config.clone(), 384, &Device::Cpu).unwrap();
+    for (name, var) in trained.vars.data().lock().unwrap().iter() {
+        var.set(shipped.vars.data().lock().unwrap()[name].as_tensor()).unwrap();
+    }
     config.layers = vec![0, 1, 2, 3];
     let grown = CodaWeights::fresh(config, 384, &Device::Cpu).unwrap();
-    grown.copy_from(&shipped).unwrap();
-    let (old, new) = (shipped.vars.data().lock().unwrap(), grown.vars.data().lock().unwrap());
+    grown.copy_from(&trained).unwrap();
+    let (old, new) = (trained.vars.data().lock().unwrap(), grown.vars.data().lock().unwrap());
     for (name, var) in old.iter() {
         let diff = (var.as_tensor() - new[name].as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(diff, 0.0, "{name}");
@@ -390,8 +396,10 @@ fn widened_adapters_compute_what_the_narrow_ones_did() {
     cols.iter_mut().for_each(|row| row[b] = 0.01);
     up.set(&Tensor::new(cols, &Device::Cpu).unwrap()).unwrap();
     drop(data);
-    let (w, _) = wide.layers(&model.encoder.dense_layers, false).unwrap()[0].1.forward(&x, &EncodeOptions { reduction: 4.0 }).unwrap();
-    let (a, _) = narrow_layers[0].1.forward(&x, &EncodeOptions { reduction: 4.0 }).unwrap();
+    let layer_1 = |layers: &[(usize, coda_asr::model::coda::CodaLayer)]| layers.iter().position(|(l, _)| *l == 1).unwrap();
+    let wide_layers = wide.layers(&model.encoder.dense_layers, false).unwrap();
+    let (w, _) = wide_layers[layer_1(&wide_layers)].1.forward(&x, &EncodeOptions { reduction: 4.0 }).unwrap();
+    let (a, _) = narrow_layers[layer_1(&narrow_layers)].1.forward(&x, &EncodeOptions { reduction: 4.0 }).unwrap();
     assert!((&a - &w).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-3);
 }
 
@@ -460,35 +468,53 @@ fn a_short_training_run_lowers_the_loss() {
     assert!(out.path().join("adapters/train_log.csv").is_file());
 }
 
-/// On these 18 clips (180 words) the dense encoder scores 14.4 % (silence caching), the shipped
-/// pooled-grid adapters distilled on timestamped transcripts 16.1 % at r = 2 and 19.4 % at
-/// r = 4, the pooled-grid adapters before them 16.1 % and 18.9 % (on all of dev.tsv they gained 4
-/// points at r = 4 over the grid adapters; README, Measured), the grid-routed adapters with
-/// budget gates before them 13.9 % at r = 2 and 19.4 % at r = 4 (their first 55
-/// minutes of training alone 14.4 % and 22.2 %; the ungated grid adapters 13.9 % and 20.6 %,
-/// though worse on all of dev.tsv; learned top-k adapters 23.3 % and 32.2 %; fresh top-k
-/// adapters over 90 %).
-const SHIPPED_R4_WER_BOUND: f64 = 22.0;
+/// On these 18 clips (180 words) the dense encoder scores 14.4 % (silence caching, 0.119 of the
+/// GFLOP of dense whole windows). The shipped adapters (session 16) run layer 0 at r / 2 as
+/// well, so each r costs less than it did: r = 3 runs 0.055 of dense whole windows and scores
+/// 14.4 %, r = 4 0.044 and 24.4 %. The adapters shipped before them ran layer 0 dense: r = 4 ran
+/// 0.058 and scored 19.4 % (r = 3 0.064, 13.9 %); before them the pooled-grid adapters 18.9 % at
+/// r = 4, the grid-routed adapters with budget gates 19.4 % (their first 55 minutes of training
+/// alone 22.2 %; the ungated grid adapters 20.6 %; learned top-k adapters 32.2 %; fresh top-k
+/// adapters over 90 %). So the 22 % bound on what r = 4 cost until session 16 stays, checked at
+/// r = 3, which now costs no more; r = 4, cheaper, gets a bound of its own.
+const SHIPPED_WER_BOUND_AT_THE_OLD_R4_COST: f64 = 22.0;
+const OLD_R4_GFLOP_SHARE: f64 = 0.06;
+const SHIPPED_R4_WER_BOUND: f64 = 27.0;
+const SHIPPED_R4_GFLOP_SHARE: f64 = 0.05;
 
 #[test]
-fn shipped_adapters_load_and_keep_wer_at_r4_on_short_clips() {
+fn shipped_adapters_load_and_keep_wer_at_r3_and_r4_on_short_clips() {
     let dir = coda_asr::model::resolve_model_dir("tiny.en").unwrap();
     let mut model = coda_asr::model::WhisperModel::load(&dir, &Device::Cpu).unwrap();
     let coda_dir = model.default_coda_dir().expect("models/coda-tiny.en is shipped with the repository");
     model.attach_coda(&coda_dir).unwrap();
+    let scales = model.coda.as_ref().unwrap().config.layer_reduction_scales(model.config.encoder_layers);
     let speech = common::speech_dir();
     let entries = coda_asr::eval::read_manifest(&speech.join("dev.tsv")).unwrap();
     // Short clips (under 8 s), every third one, across all sources.
     let short: Vec<_> = entries.into_iter().filter(|e| e.duration_s < 8.0).step_by(3).collect();
     assert!(short.len() >= 10);
     let t = coda_asr::transcribe::Transcriber::new(&model);
-    let opts = |r: f64| coda_asr::transcribe::TranscribeOptions { encode: EncodeOptions { reduction: r }, ..Default::default() };
-    let coda = coda_asr::eval::run(&t, &short, &opts(4.0), "r4", "dev", &mut |_, _| {}).unwrap().summary;
-    assert_eq!(coda.heavy_fraction.len(), 4);
-    // Layer 0 stays dense on the audio block (under 9 s of a 30 s window); the adapted layers
-    // send a quarter of it heavy (windows that fail a no-speech test are re-encoded whole).
-    let f = &coda.heavy_fraction;
-    assert!(f[1..].iter().all(|&x| x > 0.02 && x < 0.25 && f[0] / x > 3.5 && f[0] / x < 4.01), "{f:?}");
-    assert!(coda.encoder_gflop < 0.35 * coda.encoder_dense_gflop);
-    assert!(coda.wer <= SHIPPED_R4_WER_BOUND, "CoDA r=4 WER {:.2} on {} short dev clips", coda.wer, coda.clips);
+    let at_each_r = [(3.0, OLD_R4_GFLOP_SHARE, SHIPPED_WER_BOUND_AT_THE_OLD_R4_COST), (4.0, SHIPPED_R4_GFLOP_SHARE, SHIPPED_R4_WER_BOUND)];
+    for (r, gflop_share, bound) in at_each_r {
+        let opts = coda_asr::transcribe::TranscribeOptions { encode: EncodeOptions { reduction: r }, ..Default::default() };
+        let coda = coda_asr::eval::run(&t, &short, &opts, "coda", "dev", &mut |_, _| {}).unwrap().summary;
+        assert_eq!(coda.heavy_fraction.len(), 4);
+        // Each layer sends 1 / its own r of the audio block (under 9 s of a 30 s window) heavy:
+        // layer l runs at max(1, r × its scale in coda.json). A window that fails a no-speech
+        // test is re-encoded whole and dense, which only raises the reduced layers' shares.
+        let f = &coda.heavy_fraction;
+        let layer_r: Vec<f64> = scales.iter().map(|&s| (r * s).max(1.0)).collect();
+        let audio_share: Vec<f64> = f.iter().zip(&layer_r).map(|(x, lr)| x * lr).collect();
+        let lowest = audio_share.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(f.iter().all(|&x| x > 0.02 && x < 0.27), "r = {r}: {f:?}");
+        assert!(audio_share.iter().all(|&a| a / lowest < 1.15), "r = {r}: {f:?} at {layer_r:?}");
+        assert!(
+            coda.encoder_gflop < gflop_share * coda.encoder_dense_gflop,
+            "r = {r}: {} of {} GFLOP",
+            coda.encoder_gflop,
+            coda.encoder_dense_gflop
+        );
+        assert!(coda.wer <= bound, "CoDA r = {r} WER {:.2} on {} short dev clips", coda.wer, coda.clips);
+    }
 }
