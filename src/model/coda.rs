@@ -121,9 +121,12 @@ impl CodaConfig {
     /// Per encoder layer, the multiple of the call's r it runs at (0: a dense layer): what
     /// the live controller's cost model needs.
     pub fn layer_reduction_scales(&self, encoder_layers: usize) -> Vec<f64> {
-        (0..encoder_layers)
-            .map(|l| if self.layers.contains(&l) { self.reduction_scale.get(&l).copied().unwrap_or(1.0) } else { 0.0 })
-            .collect()
+        (0..encoder_layers).map(|l| if self.layers.contains(&l) { self.reduction_scale_of(l) } else { 0.0 }).collect()
+    }
+
+    /// The multiple of the call's r that adapted layer `layer` runs at (1 when not listed).
+    pub fn reduction_scale_of(&self, layer: usize) -> f64 {
+        self.reduction_scale.get(&layer).copied().unwrap_or(1.0)
     }
 
     /// The trained r that get a budget gate each (None: no gates).
@@ -685,7 +688,7 @@ impl CodaWeights {
                         iterations: self.config.iterations,
                         bottleneck: self.config.bottleneck,
                         routing: self.config.routing,
-                        reduction_scale: self.config.reduction_scale.get(&l).copied().unwrap_or(1.0),
+                        reduction_scale: self.config.reduction_scale_of(l),
                     },
                 ))
             })
