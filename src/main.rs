@@ -383,6 +383,11 @@ struct TrainArgs {
     /// checkpoint's adapters without changing what they compute.
     #[arg(long)]
     bottleneck: Option<usize>,
+    /// Width in frames of a depthwise temporal convolution in each adapter's bottleneck (odd;
+    /// default none). With --resume it is added to adapters that have none, starting at zero
+    /// so training starts from what they computed.
+    #[arg(long)]
+    adapter_kernel: Option<usize>,
     /// Reduction factors sampled per step.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
     reductions: Vec<f64>,
@@ -945,6 +950,7 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         resume: args.resume,
         layers: args.layers.clone(),
         bottleneck: args.bottleneck,
+        adapter_kernel: args.adapter_kernel,
         reductions: args.reductions.clone(),
         reduction_scale: args.layer_reduction_scale.clone(),
         routing: args.routing.map(|routing| match routing {

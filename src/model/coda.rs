@@ -92,6 +92,12 @@ pub struct CodaConfig {
     /// frames and loses the most when reduced, and it is half of the encoder's work at r = 4.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub reduction_scale: std::collections::BTreeMap<usize, f64>,
+    /// Width in frames of a depthwise convolution over time in each adapter's bottleneck
+    /// (0: none, the older configs). The adapter alone sees one frame; at r = 4 three of
+    /// every four frames get only an interpolated heavy update, and the convolution lets the
+    /// adapter correct it from the frames around.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub adapter_kernel: usize,
     pub base_model: String,
     pub base_model_sha256: String,
     #[serde(default)]
@@ -112,6 +118,7 @@ impl CodaConfig {
             routing: Routing::Grid,
             budget_gates: true,
             reduction_scale: Default::default(),
+            adapter_kernel: 0,
             base_model: base_model.to_string(),
             base_model_sha256: base_model_sha256.to_string(),
             training: serde_json::Value::Null,
@@ -133,6 +140,10 @@ impl CodaConfig {
     pub fn gated_reductions(&self) -> Option<&[f64]> {
         self.budget_gates.then_some(self.reductions.as_slice())
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Soft top-k weights λ for scores s [b, n]: Σλ = k per row, 0 ≤ λ ≤ 1, monotone in s.
@@ -362,6 +373,9 @@ pub struct Adapter {
     pub ln: Norm,
     pub down: Linear,
     pub up: Linear,
+    /// Depthwise temporal convolution [b, kernel] added to the bottleneck (zero-initialised,
+    /// so adding it to trained adapters changes nothing), when the config has one.
+    pub conv: Option<Tensor>,
     /// Budget gates [number of trained r, b] and the r they were trained for, when the config
     /// has them.
     pub gates: Option<(Tensor, Vec<f64>)>,
@@ -392,7 +406,8 @@ impl Adapter {
     /// Parameters under `prefix` of a var builder (a VarMap-backed one creates them: router
     /// small random, up-projection zero so a fresh adapter changes nothing).
     /// `budgets`: the trained r that get a gate each (none: no gates).
-    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize, budgets: Option<&[f64]>) -> Result<Self> {
+    /// `kernel`: width of the temporal convolution in the bottleneck (0: none).
+    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize, budgets: Option<&[f64]>, kernel: usize) -> Result<Self> {
         let router = vb.get_with_hints(d, "router", candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?;
         let ln = Norm::new(
             vb.pp("ln").get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
@@ -410,7 +425,13 @@ impl Adapter {
             Some(rs) => Some((vb.get_with_hints((rs.len(), bottleneck), "gates", candle_nn::Init::Const(1.0))?, rs.to_vec())),
             None => None,
         };
-        Ok(Self { router, ln, down, up, gates })
+        let conv = if kernel > 0 {
+            ensure!(kernel % 2 == 1, "the adapters' temporal kernel must be odd (centred on the frame), got {kernel}");
+            Some(vb.get_with_hints((bottleneck, kernel), "conv", candle_nn::Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { router, ln, down, up, conv, gates })
     }
 
     pub fn scores(&self, x: &Tensor) -> Result<Tensor> {
@@ -419,7 +440,10 @@ impl Adapter {
 
     /// The adapter's output at reduction r.
     pub fn light(&self, x: &Tensor, r: f64) -> Result<Tensor> {
-        let h = self.down.forward(&self.ln.forward(x)?)?;
+        let mut h = self.down.forward(&self.ln.forward(x)?)?;
+        if let Some(conv) = &self.conv {
+            h = (&h + temporal_conv(&h, conv)?)?;
+        }
         let mut h = Gelu::Exact.apply(h)?;
         if let Some((gates, reductions)) = &self.gates {
             let weights = Tensor::new(budget_weights(reductions, r), gates.device())?.to_dtype(gates.dtype())?.unsqueeze(0)?;
@@ -427,6 +451,23 @@ impl Adapter {
         }
         Ok(self.up.forward(&h)?)
     }
+}
+
+/// Depthwise convolution over time of h [batch, n, c] with kernel [c, width] (width odd,
+/// centred, zero padding at the ends of the sequence): out[t, c] = Σ_j h[t + j − width/2, c] ·
+/// kernel[c, j]. Built from shifted slices so that it runs and differentiates on every device.
+pub fn temporal_conv(h: &Tensor, kernel: &Tensor) -> Result<Tensor> {
+    let (batch, n, c) = h.dims3()?;
+    let width = kernel.dim(1)?;
+    let half = width / 2;
+    let kernel = kernel.to_dtype(h.dtype())?;
+    let padded = h.pad_with_zeros(1, half, half)?;
+    let mut out = Tensor::zeros((batch, n, c), h.dtype(), h.device())?;
+    for j in 0..width {
+        let tap = kernel.narrow(1, j, 1)?.squeeze(1)?; // [c]
+        out = (out + padded.narrow(1, j, n)?.broadcast_mul(&tap)?)?;
+    }
+    Ok(out)
 }
 
 /// A conditional encoder layer: router + light adapter on every frame + the frozen layer on
@@ -437,6 +478,8 @@ pub struct CodaLayer {
     pub epsilon: f64,
     pub iterations: usize,
     pub bottleneck: usize,
+    /// Width of the adapter's temporal convolution (0: none).
+    pub kernel: usize,
     pub routing: Routing,
     /// This layer runs at max(1, r × reduction_scale) (see [`CodaConfig::reduction_scale`]).
     pub reduction_scale: f64,
@@ -444,9 +487,9 @@ pub struct CodaLayer {
 
 impl CodaLayer {
     fn adapter_flops(&self, n: usize) -> f64 {
-        let (n, d, b) = (n as f64, self.dense.d as f64, self.bottleneck as f64);
-        // router dot product + two projections
-        2.0 * n * d + 4.0 * n * d * b
+        let (n, d, b, w) = (n as f64, self.dense.d as f64, self.bottleneck as f64, self.kernel as f64);
+        // router dot product + two projections + the temporal convolution
+        2.0 * n * d + 4.0 * n * d * b + 2.0 * n * b * w
     }
 }
 
@@ -565,7 +608,7 @@ impl CodaWeights {
         {
             let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
             for &l in &config.layers {
-                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions())?;
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions(), config.adapter_kernel)?;
             }
         }
         Ok(Self { config, vars })
@@ -588,7 +631,7 @@ impl CodaWeights {
                 .transpose()?
                 .context("adapter weights have no router for the first adapted layer")?;
             for &l in &config.layers {
-                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions())?;
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions(), config.adapter_kernel)?;
             }
         }
         let mut vars = vars;
@@ -631,6 +674,8 @@ impl CodaWeights {
                     Tensor::cat(&[value, &Tensor::zeros((value.dim(0)?, extra), value.dtype(), &device)?], 1)?
                 } else if name.ends_with(".gates") {
                     Tensor::cat(&[value, &Tensor::ones((value.dim(0)?, extra), value.dtype(), &device)?], 1)?
+                } else if name.ends_with(".conv") {
+                    Tensor::cat(&[value, &Tensor::zeros((extra, value.dim(1)?), value.dtype(), &device)?], 0)?
                 } else {
                     value.clone()
                 };
@@ -677,8 +722,13 @@ impl CodaWeights {
             .iter()
             .map(|&l| {
                 ensure!(l < dense.len(), "CoDA layer {l} but the encoder has {} layers", dense.len());
-                let adapter =
-                    Adapter::load(vb.pp(format!("layers.{l}")), dense[l].d, self.config.bottleneck, self.config.gated_reductions())?;
+                let adapter = Adapter::load(
+                    vb.pp(format!("layers.{l}")),
+                    dense[l].d,
+                    self.config.bottleneck,
+                    self.config.gated_reductions(),
+                    self.config.adapter_kernel,
+                )?;
                 Ok((
                     l,
                     CodaLayer {
@@ -687,6 +737,7 @@ impl CodaWeights {
                         epsilon: self.config.epsilon,
                         iterations: self.config.iterations,
                         bottleneck: self.config.bottleneck,
+                        kernel: self.config.adapter_kernel,
                         routing: self.config.routing,
                         reduction_scale: self.config.reduction_scale_of(l),
                     },
