@@ -48,6 +48,9 @@ pub struct TrainOptions {
     /// fresh adapters); with `resume`, Some adds one (zero, so nothing changes) to adapters
     /// that have none.
     pub adapter_kernel: Option<usize>,
+    /// Train corrections to the heavy layers' norms (`CodaConfig::heavy_norms`); with
+    /// `resume`, adds them (zero, so nothing changes) to adapters that have none.
+    pub heavy_norms: bool,
     pub reductions: Vec<f64>,
     /// Routing of fresh adapters (grid when None). With `resume`, None keeps the checkpoint's
     /// and Some switches it: grid, pooled grid and top-k share their parameters.
@@ -228,11 +231,19 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
             }
             _ => {}
         }
+        if opts.heavy_norms && !weights.config.heavy_norms {
+            let mut config = weights.config.clone();
+            config.heavy_norms = true;
+            let grown = CodaWeights::fresh(config, model.config.d_model, &model.device)?;
+            grown.copy_from(&weights)?;
+            weights = grown;
+        }
         weights
     } else {
         let mut config = CodaConfig::new(layers, &model.name(), &base_sha);
         config.bottleneck = opts.bottleneck.unwrap_or(64);
         config.adapter_kernel = opts.adapter_kernel.unwrap_or(0);
+        config.heavy_norms = opts.heavy_norms;
         config.reductions = opts.reductions.clone();
         config.routing = fresh_routing;
         seeded_fresh(config, model, &mut rng)?

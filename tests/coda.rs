@@ -455,6 +455,36 @@ fn a_temporal_kernel_added_to_trained_adapters_changes_nothing_until_trained() {
 }
 
 #[test]
+fn heavy_norm_corrections_start_at_zero_and_leave_r1_dense() {
+    let model = common::tiny_en();
+    let shipped = CodaWeights::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/coda-tiny.en"), &Device::Cpu).unwrap();
+    let mut config = shipped.config.clone();
+    config.heavy_norms = true;
+    let corrected = CodaWeights::fresh(config, model.config.d_model, &Device::Cpu).unwrap();
+    corrected.copy_from(&shipped).unwrap();
+    let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let layer_1 = |layers: &[(usize, coda_asr::model::coda::CodaLayer)], r: f64| {
+        let at = layers.iter().position(|(l, _)| *l == 1).unwrap();
+        layers[at].1.forward(&x, &EncodeOptions { reduction: r }).unwrap().0
+    };
+    let plain = shipped.layers(&model.encoder.dense_layers, false).unwrap();
+    let zero = corrected.layers(&model.encoder.dense_layers, false).unwrap();
+    assert_eq!(max_diff(&layer_1(&plain, 4.0), &layer_1(&zero, 4.0)), 0.0, "zero corrections changed the layer");
+    // One per trained r, each of the two norms' scale and shift.
+    let data = corrected.vars.data().lock().unwrap();
+    let norms = &data["layers.1.heavy_norms"];
+    let shape = (shipped.config.reductions.len(), 4, model.config.d_model);
+    assert_eq!(norms.as_tensor().dims(), &[shape.0, shape.1, shape.2]);
+    norms.set(&Tensor::ones(shape, DType::F32, &Device::Cpu).unwrap().affine(0.1, 0.0).unwrap()).unwrap();
+    drop(data);
+    let set = corrected.layers(&model.encoder.dense_layers, false).unwrap();
+    assert!(max_diff(&layer_1(&plain, 4.0), &layer_1(&set, 4.0)) > 1e-3, "corrections must change a reduced layer");
+    let dense = model.encoder.dense_layers[1].run(&x).unwrap();
+    assert_eq!(max_diff(&dense, &layer_1(&set, 1.0)), 0.0, "r = 1 must stay the dense layer");
+}
+
+#[test]
 fn a_short_training_run_lowers_the_loss() {
     // Load a private copy: training installs adapters into the model it is given.
     let dir = coda_asr::model::resolve_model_dir("tiny.en").unwrap();
@@ -496,6 +526,7 @@ fn a_short_training_run_lowers_the_loss() {
         layers: Some(vec![2, 3]),
         bottleneck: Some(16),
         adapter_kernel: None,
+        heavy_norms: false,
         reductions: vec![4.0],
         // Top-k: fresh top-k adapters start far from the dense model, so twelve steps show the
         // loss falling; grid routing starts close to it, and over twelve different random

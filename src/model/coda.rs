@@ -32,6 +32,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// How a conditional layer picks its heavy frames and what the others get.
@@ -98,6 +99,12 @@ pub struct CodaConfig {
     /// adapter correct it from the frames around.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub adapter_kernel: usize,
+    /// Learned corrections to the heavy branch's two layer norms (scale and shift, one set per
+    /// trained r when there are budget gates), used only when the layer is reduced. The
+    /// pretrained layer sees pooled frames and a quarter of the sequence at r = 4, inputs
+    /// whose statistics its norms were not fitted to; r = 1 stays the dense layer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub heavy_norms: bool,
     pub base_model: String,
     pub base_model_sha256: String,
     #[serde(default)]
@@ -119,6 +126,7 @@ impl CodaConfig {
             budget_gates: true,
             reduction_scale: Default::default(),
             adapter_kernel: 0,
+            heavy_norms: false,
             base_model: base_model.to_string(),
             base_model_sha256: base_model_sha256.to_string(),
             training: serde_json::Value::Null,
@@ -376,6 +384,9 @@ pub struct Adapter {
     /// Depthwise temporal convolution [b, kernel] added to the bottleneck (zero-initialised,
     /// so adding it to trained adapters changes nothing), when the config has one.
     pub conv: Option<Tensor>,
+    /// Corrections [number of trained r (1 without gates), 4, d] to the heavy layer's norms:
+    /// attention norm scale and shift, FFN norm scale and shift (zero-initialised).
+    pub heavy_norms: Option<Tensor>,
     /// Budget gates [number of trained r, b] and the r they were trained for, when the config
     /// has them.
     pub gates: Option<(Tensor, Vec<f64>)>,
@@ -407,7 +418,8 @@ impl Adapter {
     /// small random, up-projection zero so a fresh adapter changes nothing).
     /// `budgets`: the trained r that get a gate each (none: no gates).
     /// `kernel`: width of the temporal convolution in the bottleneck (0: none).
-    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize, budgets: Option<&[f64]>, kernel: usize) -> Result<Self> {
+    /// `heavy_norms`: whether it corrects the heavy layer's norms.
+    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize, budgets: Option<&[f64]>, kernel: usize, heavy_norms: bool) -> Result<Self> {
         let router = vb.get_with_hints(d, "router", candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?;
         let ln = Norm::new(
             vb.pp("ln").get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
@@ -431,7 +443,31 @@ impl Adapter {
         } else {
             None
         };
-        Ok(Self { router, ln, down, up, conv, gates })
+        let heavy_norms = if heavy_norms {
+            Some(vb.get_with_hints((budgets.map_or(1, |rs| rs.len()), 4, d), "heavy_norms", candle_nn::Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { router, ln, down, up, conv, heavy_norms, gates })
+    }
+
+    /// The heavy branch at reduction r: the pretrained layer, with its norms corrected when
+    /// the adapter has corrections (weighted per trained r as the budget gates are).
+    pub fn heavy_layer<'a>(&self, dense: &'a DenseLayer, r: f64) -> Result<Cow<'a, DenseLayer>> {
+        let Some(norms) = &self.heavy_norms else { return Ok(Cow::Borrowed(dense)) };
+        let rows = norms.dim(0)?;
+        let weights = match &self.gates {
+            Some((_, reductions)) if reductions.len() == rows => budget_weights(reductions, r),
+            _ => vec![1.0 / rows as f32; rows],
+        };
+        let weights = Tensor::new(weights, norms.device())?.to_dtype(norms.dtype())?.unsqueeze(0)?;
+        let d = norms.dim(2)?;
+        let delta = weights.matmul(&norms.reshape((rows, 4 * d))?)?.reshape((4, d))?;
+        let row = |i: usize| delta.get(i);
+        let mut layer = dense.clone();
+        layer.attn_ln = dense.attn_ln.shifted(&row(0)?, &row(1)?)?;
+        layer.mlp.ln = dense.mlp.ln.shifted(&row(2)?, &row(3)?)?;
+        Ok(Cow::Owned(layer))
     }
 
     pub fn scores(&self, x: &Tensor) -> Result<Tensor> {
@@ -524,6 +560,7 @@ impl CodaLayer {
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
         }
         let light = (x + self.adapter.light(x, gate_r)?)?;
+        let heavy = self.adapter.heavy_layer(&self.dense, gate_r)?;
         if self.routing.is_grid() {
             // Data-independent, so the same on every device. No router; pooling costs what
             // the router would have (one multiply-add per frame and channel), twice over when
@@ -533,7 +570,7 @@ impl CodaLayer {
                 Routing::PooledGridFineContext => flops + batch as f64 * 2.0 * n as f64 * d as f64,
                 _ => flops - batch as f64 * 2.0 * n as f64 * d as f64,
             };
-            return Ok((add_grid_update(&self.dense, x, &light, opts.reduction, self.routing)?, BlockStats { heavy_frames: k, flops }));
+            return Ok((add_grid_update(&heavy, x, &light, opts.reduction, self.routing)?, BlockStats { heavy_frames: k, flops }));
         }
         let scores = self.adapter.scores(x)?;
         let mut rows = Vec::with_capacity(batch);
@@ -543,7 +580,7 @@ impl CodaLayer {
                 let (select, lam) = route_on_device(&scores.narrow(0, bi, 1)?, k, self.epsilon, self.iterations)?;
                 let select = select.to_dtype(x.dtype())?;
                 let sel = select.matmul(&xb)?;
-                let delta = (self.dense.run(&sel)? - &sel)?.broadcast_mul(&lam.to_dtype(x.dtype())?)?;
+                let delta = (heavy.run(&sel)? - &sel)?.broadcast_mul(&lam.to_dtype(x.dtype())?)?;
                 rows.push((lb + select.t()?.matmul(&delta)?)?);
             }
         } else {
@@ -553,7 +590,7 @@ impl CodaLayer {
             for (bi, row) in score_rows.iter().enumerate() {
                 let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;
                 let lam = lambda.narrow(0, bi, 1)?.index_select(&idx, 1)?.unsqueeze(2)?;
-                rows.push(add_heavy_update(&self.dense, &x.narrow(0, bi, 1)?, &light.narrow(0, bi, 1)?, &idx, Some(&lam))?);
+                rows.push(add_heavy_update(&heavy, &x.narrow(0, bi, 1)?, &light.narrow(0, bi, 1)?, &idx, Some(&lam))?);
             }
         }
         let y = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? };
@@ -608,7 +645,14 @@ impl CodaWeights {
         {
             let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
             for &l in &config.layers {
-                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions(), config.adapter_kernel)?;
+                Adapter::load(
+                    vb.pp(format!("layers.{l}")),
+                    d,
+                    config.bottleneck,
+                    config.gated_reductions(),
+                    config.adapter_kernel,
+                    config.heavy_norms,
+                )?;
             }
         }
         Ok(Self { config, vars })
@@ -631,7 +675,14 @@ impl CodaWeights {
                 .transpose()?
                 .context("adapter weights have no router for the first adapted layer")?;
             for &l in &config.layers {
-                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions(), config.adapter_kernel)?;
+                Adapter::load(
+                    vb.pp(format!("layers.{l}")),
+                    d,
+                    config.bottleneck,
+                    config.gated_reductions(),
+                    config.adapter_kernel,
+                    config.heavy_norms,
+                )?;
             }
         }
         let mut vars = vars;
@@ -728,6 +779,7 @@ impl CodaWeights {
                     self.config.bottleneck,
                     self.config.gated_reductions(),
                     self.config.adapter_kernel,
+                    self.config.heavy_norms,
                 )?;
                 Ok((
                     l,
