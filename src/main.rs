@@ -383,15 +383,6 @@ struct TrainArgs {
     /// checkpoint's adapters without changing what they compute.
     #[arg(long)]
     bottleneck: Option<usize>,
-    /// Width in frames of a depthwise temporal convolution in each adapter's bottleneck (odd;
-    /// default none). With --resume it is added to adapters that have none, starting at zero
-    /// so training starts from what they computed.
-    #[arg(long)]
-    adapter_kernel: Option<usize>,
-    /// Also train corrections to the heavy layers' two layer norms, used only when a layer is
-    /// reduced (one set per trained r). With --resume they are added at zero.
-    #[arg(long)]
-    heavy_norms: bool,
     /// Reduction factors sampled per step.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
     reductions: Vec<f64>,
@@ -954,8 +945,6 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         resume: args.resume,
         layers: args.layers.clone(),
         bottleneck: args.bottleneck,
-        adapter_kernel: args.adapter_kernel,
-        heavy_norms: args.heavy_norms,
         reductions: args.reductions.clone(),
         reduction_scale: args.layer_reduction_scale.clone(),
         routing: args.routing.map(|routing| match routing {

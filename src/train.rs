@@ -44,13 +44,6 @@ pub struct TrainOptions {
     /// Adapter width: 64 for fresh adapters when None; with `resume`, None keeps the
     /// checkpoint's and a larger value widens it ([`CodaWeights::widen`]).
     pub bottleneck: Option<usize>,
-    /// Width of the adapters' temporal convolution: None keeps the checkpoint's (none for
-    /// fresh adapters); with `resume`, Some adds one (zero, so nothing changes) to adapters
-    /// that have none.
-    pub adapter_kernel: Option<usize>,
-    /// Train corrections to the heavy layers' norms (`CodaConfig::heavy_norms`); with
-    /// `resume`, adds them (zero, so nothing changes) to adapters that have none.
-    pub heavy_norms: bool,
     pub reductions: Vec<f64>,
     /// Routing of fresh adapters (grid when None). With `resume`, None keeps the checkpoint's
     /// and Some switches it: grid, pooled grid and top-k share their parameters.
@@ -215,35 +208,10 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
                 weights = grown;
             }
         }
-        match opts.adapter_kernel {
-            Some(kernel) if kernel != weights.config.adapter_kernel => {
-                ensure!(
-                    weights.config.adapter_kernel == 0,
-                    "--resume: the checkpoint's adapters have a temporal kernel of {} frames; it cannot change to {kernel}",
-                    weights.config.adapter_kernel
-                );
-                // The convolutions start at zero; no random draws, so the run keeps its examples.
-                let mut config = weights.config.clone();
-                config.adapter_kernel = kernel;
-                let grown = CodaWeights::fresh(config, model.config.d_model, &model.device)?;
-                grown.copy_from(&weights)?;
-                weights = grown;
-            }
-            _ => {}
-        }
-        if opts.heavy_norms && !weights.config.heavy_norms {
-            let mut config = weights.config.clone();
-            config.heavy_norms = true;
-            let grown = CodaWeights::fresh(config, model.config.d_model, &model.device)?;
-            grown.copy_from(&weights)?;
-            weights = grown;
-        }
         weights
     } else {
         let mut config = CodaConfig::new(layers, &model.name(), &base_sha);
         config.bottleneck = opts.bottleneck.unwrap_or(64);
-        config.adapter_kernel = opts.adapter_kernel.unwrap_or(0);
-        config.heavy_norms = opts.heavy_norms;
         config.reductions = opts.reductions.clone();
         config.routing = fresh_routing;
         seeded_fresh(config, model, &mut rng)?

@@ -32,7 +32,6 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// How a conditional layer picks its heavy frames and what the others get.
@@ -93,18 +92,6 @@ pub struct CodaConfig {
     /// frames and loses the most when reduced, and it is half of the encoder's work at r = 4.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub reduction_scale: std::collections::BTreeMap<usize, f64>,
-    /// Width in frames of a depthwise convolution over time in each adapter's bottleneck
-    /// (0: none, the older configs). The adapter alone sees one frame; at r = 4 three of
-    /// every four frames get only an interpolated heavy update, and the convolution lets the
-    /// adapter correct it from the frames around.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub adapter_kernel: usize,
-    /// Learned corrections to the heavy branch's two layer norms (scale and shift, one set per
-    /// trained r when there are budget gates), used only when the layer is reduced. The
-    /// pretrained layer sees pooled frames and a quarter of the sequence at r = 4, inputs
-    /// whose statistics its norms were not fitted to; r = 1 stays the dense layer.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub heavy_norms: bool,
     pub base_model: String,
     pub base_model_sha256: String,
     #[serde(default)]
@@ -125,8 +112,6 @@ impl CodaConfig {
             routing: Routing::Grid,
             budget_gates: true,
             reduction_scale: Default::default(),
-            adapter_kernel: 0,
-            heavy_norms: false,
             base_model: base_model.to_string(),
             base_model_sha256: base_model_sha256.to_string(),
             training: serde_json::Value::Null,
@@ -148,10 +133,6 @@ impl CodaConfig {
     pub fn gated_reductions(&self) -> Option<&[f64]> {
         self.budget_gates.then_some(self.reductions.as_slice())
     }
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 /// Soft top-k weights λ for scores s [b, n]: Σλ = k per row, 0 ≤ λ ≤ 1, monotone in s.
@@ -381,12 +362,6 @@ pub struct Adapter {
     pub ln: Norm,
     pub down: Linear,
     pub up: Linear,
-    /// Depthwise temporal convolution [b, kernel] added to the bottleneck (zero-initialised,
-    /// so adding it to trained adapters changes nothing), when the config has one.
-    pub conv: Option<Tensor>,
-    /// Corrections [number of trained r (1 without gates), 4, d] to the heavy layer's norms:
-    /// attention norm scale and shift, FFN norm scale and shift (zero-initialised).
-    pub heavy_norms: Option<Tensor>,
     /// Budget gates [number of trained r, b] and the r they were trained for, when the config
     /// has them.
     pub gates: Option<(Tensor, Vec<f64>)>,
@@ -417,9 +392,7 @@ impl Adapter {
     /// Parameters under `prefix` of a var builder (a VarMap-backed one creates them: router
     /// small random, up-projection zero so a fresh adapter changes nothing).
     /// `budgets`: the trained r that get a gate each (none: no gates).
-    /// `kernel`: width of the temporal convolution in the bottleneck (0: none).
-    /// `heavy_norms`: whether it corrects the heavy layer's norms.
-    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize, budgets: Option<&[f64]>, kernel: usize, heavy_norms: bool) -> Result<Self> {
+    pub fn load(vb: VarBuilder, d: usize, bottleneck: usize, budgets: Option<&[f64]>) -> Result<Self> {
         let router = vb.get_with_hints(d, "router", candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?;
         let ln = Norm::new(
             vb.pp("ln").get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
@@ -437,37 +410,7 @@ impl Adapter {
             Some(rs) => Some((vb.get_with_hints((rs.len(), bottleneck), "gates", candle_nn::Init::Const(1.0))?, rs.to_vec())),
             None => None,
         };
-        let conv = if kernel > 0 {
-            ensure!(kernel % 2 == 1, "the adapters' temporal kernel must be odd (centred on the frame), got {kernel}");
-            Some(vb.get_with_hints((bottleneck, kernel), "conv", candle_nn::Init::Const(0.0))?)
-        } else {
-            None
-        };
-        let heavy_norms = if heavy_norms {
-            Some(vb.get_with_hints((budgets.map_or(1, |rs| rs.len()), 4, d), "heavy_norms", candle_nn::Init::Const(0.0))?)
-        } else {
-            None
-        };
-        Ok(Self { router, ln, down, up, conv, heavy_norms, gates })
-    }
-
-    /// The heavy branch at reduction r: the pretrained layer, with its norms corrected when
-    /// the adapter has corrections (weighted per trained r as the budget gates are).
-    pub fn heavy_layer<'a>(&self, dense: &'a DenseLayer, r: f64) -> Result<Cow<'a, DenseLayer>> {
-        let Some(norms) = &self.heavy_norms else { return Ok(Cow::Borrowed(dense)) };
-        let rows = norms.dim(0)?;
-        let weights = match &self.gates {
-            Some((_, reductions)) if reductions.len() == rows => budget_weights(reductions, r),
-            _ => vec![1.0 / rows as f32; rows],
-        };
-        let weights = Tensor::new(weights, norms.device())?.to_dtype(norms.dtype())?.unsqueeze(0)?;
-        let d = norms.dim(2)?;
-        let delta = weights.matmul(&norms.reshape((rows, 4 * d))?)?.reshape((4, d))?;
-        let row = |i: usize| delta.get(i);
-        let mut layer = dense.clone();
-        layer.attn_ln = dense.attn_ln.shifted(&row(0)?, &row(1)?)?;
-        layer.mlp.ln = dense.mlp.ln.shifted(&row(2)?, &row(3)?)?;
-        Ok(Cow::Owned(layer))
+        Ok(Self { router, ln, down, up, gates })
     }
 
     pub fn scores(&self, x: &Tensor) -> Result<Tensor> {
@@ -476,10 +419,7 @@ impl Adapter {
 
     /// The adapter's output at reduction r.
     pub fn light(&self, x: &Tensor, r: f64) -> Result<Tensor> {
-        let mut h = self.down.forward(&self.ln.forward(x)?)?;
-        if let Some(conv) = &self.conv {
-            h = (&h + temporal_conv(&h, conv)?)?;
-        }
+        let h = self.down.forward(&self.ln.forward(x)?)?;
         let mut h = Gelu::Exact.apply(h)?;
         if let Some((gates, reductions)) = &self.gates {
             let weights = Tensor::new(budget_weights(reductions, r), gates.device())?.to_dtype(gates.dtype())?.unsqueeze(0)?;
@@ -487,23 +427,6 @@ impl Adapter {
         }
         Ok(self.up.forward(&h)?)
     }
-}
-
-/// Depthwise convolution over time of h [batch, n, c] with kernel [c, width] (width odd,
-/// centred, zero padding at the ends of the sequence): out[t, c] = Σ_j h[t + j − width/2, c] ·
-/// kernel[c, j]. Built from shifted slices so that it runs and differentiates on every device.
-pub fn temporal_conv(h: &Tensor, kernel: &Tensor) -> Result<Tensor> {
-    let (batch, n, c) = h.dims3()?;
-    let width = kernel.dim(1)?;
-    let half = width / 2;
-    let kernel = kernel.to_dtype(h.dtype())?;
-    let padded = h.pad_with_zeros(1, half, half)?;
-    let mut out = Tensor::zeros((batch, n, c), h.dtype(), h.device())?;
-    for j in 0..width {
-        let tap = kernel.narrow(1, j, 1)?.squeeze(1)?; // [c]
-        out = (out + padded.narrow(1, j, n)?.broadcast_mul(&tap)?)?;
-    }
-    Ok(out)
 }
 
 /// A conditional encoder layer: router + light adapter on every frame + the frozen layer on
@@ -514,8 +437,6 @@ pub struct CodaLayer {
     pub epsilon: f64,
     pub iterations: usize,
     pub bottleneck: usize,
-    /// Width of the adapter's temporal convolution (0: none).
-    pub kernel: usize,
     pub routing: Routing,
     /// This layer runs at max(1, r × reduction_scale) (see [`CodaConfig::reduction_scale`]).
     pub reduction_scale: f64,
@@ -523,9 +444,9 @@ pub struct CodaLayer {
 
 impl CodaLayer {
     fn adapter_flops(&self, n: usize) -> f64 {
-        let (n, d, b, w) = (n as f64, self.dense.d as f64, self.bottleneck as f64, self.kernel as f64);
-        // router dot product + two projections + the temporal convolution
-        2.0 * n * d + 4.0 * n * d * b + 2.0 * n * b * w
+        let (n, d, b) = (n as f64, self.dense.d as f64, self.bottleneck as f64);
+        // router dot product + two projections
+        2.0 * n * d + 4.0 * n * d * b
     }
 }
 
@@ -560,7 +481,6 @@ impl CodaLayer {
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
         }
         let light = (x + self.adapter.light(x, gate_r)?)?;
-        let heavy = self.adapter.heavy_layer(&self.dense, gate_r)?;
         if self.routing.is_grid() {
             // Data-independent, so the same on every device. No router; pooling costs what
             // the router would have (one multiply-add per frame and channel), twice over when
@@ -570,7 +490,7 @@ impl CodaLayer {
                 Routing::PooledGridFineContext => flops + batch as f64 * 2.0 * n as f64 * d as f64,
                 _ => flops - batch as f64 * 2.0 * n as f64 * d as f64,
             };
-            return Ok((add_grid_update(&heavy, x, &light, opts.reduction, self.routing)?, BlockStats { heavy_frames: k, flops }));
+            return Ok((add_grid_update(&self.dense, x, &light, opts.reduction, self.routing)?, BlockStats { heavy_frames: k, flops }));
         }
         let scores = self.adapter.scores(x)?;
         let mut rows = Vec::with_capacity(batch);
@@ -580,7 +500,7 @@ impl CodaLayer {
                 let (select, lam) = route_on_device(&scores.narrow(0, bi, 1)?, k, self.epsilon, self.iterations)?;
                 let select = select.to_dtype(x.dtype())?;
                 let sel = select.matmul(&xb)?;
-                let delta = (heavy.run(&sel)? - &sel)?.broadcast_mul(&lam.to_dtype(x.dtype())?)?;
+                let delta = (self.dense.run(&sel)? - &sel)?.broadcast_mul(&lam.to_dtype(x.dtype())?)?;
                 rows.push((lb + select.t()?.matmul(&delta)?)?);
             }
         } else {
@@ -590,7 +510,7 @@ impl CodaLayer {
             for (bi, row) in score_rows.iter().enumerate() {
                 let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;
                 let lam = lambda.narrow(0, bi, 1)?.index_select(&idx, 1)?.unsqueeze(2)?;
-                rows.push(add_heavy_update(&heavy, &x.narrow(0, bi, 1)?, &light.narrow(0, bi, 1)?, &idx, Some(&lam))?);
+                rows.push(add_heavy_update(&self.dense, &x.narrow(0, bi, 1)?, &light.narrow(0, bi, 1)?, &idx, Some(&lam))?);
             }
         }
         let y = if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? };
@@ -645,14 +565,7 @@ impl CodaWeights {
         {
             let vb = VarBuilder::from_varmap(&vars, DType::F32, device);
             for &l in &config.layers {
-                Adapter::load(
-                    vb.pp(format!("layers.{l}")),
-                    d,
-                    config.bottleneck,
-                    config.gated_reductions(),
-                    config.adapter_kernel,
-                    config.heavy_norms,
-                )?;
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions())?;
             }
         }
         Ok(Self { config, vars })
@@ -675,14 +588,7 @@ impl CodaWeights {
                 .transpose()?
                 .context("adapter weights have no router for the first adapted layer")?;
             for &l in &config.layers {
-                Adapter::load(
-                    vb.pp(format!("layers.{l}")),
-                    d,
-                    config.bottleneck,
-                    config.gated_reductions(),
-                    config.adapter_kernel,
-                    config.heavy_norms,
-                )?;
+                Adapter::load(vb.pp(format!("layers.{l}")), d, config.bottleneck, config.gated_reductions())?;
             }
         }
         let mut vars = vars;
@@ -725,8 +631,6 @@ impl CodaWeights {
                     Tensor::cat(&[value, &Tensor::zeros((value.dim(0)?, extra), value.dtype(), &device)?], 1)?
                 } else if name.ends_with(".gates") {
                     Tensor::cat(&[value, &Tensor::ones((value.dim(0)?, extra), value.dtype(), &device)?], 1)?
-                } else if name.ends_with(".conv") {
-                    Tensor::cat(&[value, &Tensor::zeros((extra, value.dim(1)?), value.dtype(), &device)?], 0)?
                 } else {
                     value.clone()
                 };
@@ -773,14 +677,8 @@ impl CodaWeights {
             .iter()
             .map(|&l| {
                 ensure!(l < dense.len(), "CoDA layer {l} but the encoder has {} layers", dense.len());
-                let adapter = Adapter::load(
-                    vb.pp(format!("layers.{l}")),
-                    dense[l].d,
-                    self.config.bottleneck,
-                    self.config.gated_reductions(),
-                    self.config.adapter_kernel,
-                    self.config.heavy_norms,
-                )?;
+                let adapter =
+                    Adapter::load(vb.pp(format!("layers.{l}")), dense[l].d, self.config.bottleneck, self.config.gated_reductions())?;
                 Ok((
                     l,
                     CodaLayer {
@@ -789,7 +687,6 @@ impl CodaWeights {
                         epsilon: self.config.epsilon,
                         iterations: self.config.iterations,
                         bottleneck: self.config.bottleneck,
-                        kernel: self.config.adapter_kernel,
                         routing: self.config.routing,
                         reduction_scale: self.config.reduction_scale_of(l),
                     },

@@ -20,13 +20,6 @@ impl Norm {
         Self { inner: LayerNorm::new(weight.clone(), bias.clone(), 1e-5), weight, bias }
     }
 
-    /// The same norm with `dw` added to its scale and `db` to its shift.
-    pub fn shifted(&self, dw: &Tensor, db: &Tensor) -> Result<Self> {
-        let (w, b) =
-            (self.weight.broadcast_add(&dw.to_dtype(self.weight.dtype())?)?, self.bias.broadcast_add(&db.to_dtype(self.bias.dtype())?)?);
-        Ok(Self::new(w, b))
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if !x.track_op() && !self.weight.track_op() {
             return Ok(self.inner.forward(x)?);
