@@ -81,6 +81,10 @@ pub struct TranscribeOptions {
     /// baselines, which are measured as they are, and for streaming, whose passes must cost
     /// what their r says.
     pub dense_rescue: bool,
+    /// A window encoded approximately (silence caching, CoDA) whose no-speech test is in doubt
+    /// is decoded again from the whole window, densely, as openai/whisper would encode it.
+    /// That costs a full 30 s encode; streaming skips it on an utterance's first passes.
+    pub whole_window_recheck: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -102,6 +106,7 @@ impl Default for TranscribeOptions {
             silence_cache: true,
             max_tokens_per_second: None,
             dense_rescue: true,
+            whole_window_recheck: true,
             draft: Vec::new(),
         }
     }
@@ -391,7 +396,7 @@ impl<'m> Transcriber<'m> {
                 timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
                 result
             };
-            if approximate && opts.no_speech_threshold.is_some() && doubtful(&result) {
+            if approximate && opts.whole_window_recheck && opts.no_speech_threshold.is_some() && doubtful(&result) {
                 // Noise is where Whisper invents "you" and "Thank you.", and the block encoding
                 // shifts both scores there (no-speech 0.52 where the whole window gives over
                 // 0.6 on running water), so a doubtful window is decided by the whole window

@@ -79,6 +79,23 @@ fn silence_and_noise_give_no_words() {
 }
 
 #[test]
+fn a_doubtful_short_buffer_is_rechecked_on_the_whole_window_unless_turned_off() {
+    // The first 0.6 s of the LibriSpeech long file ("Replied he…"), as a streaming pass hears
+    // it: on the block encoding Whisper is in doubt, so by default the window is decoded again
+    // from a whole 30 s window; streaming turns that off on an utterance's first passes.
+    let wav = common::speech_dir().join("audio/longform/ls_test_other_2033-164914_0000-0009.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let buffer = &audio[(0.19 * 16_000.0) as usize..(0.79 * 16_000.0) as usize];
+    let t = Transcriber::new(common::tiny_en());
+    let greedy = TranscribeOptions { temperatures: vec![0.0], ..Default::default() };
+    let rechecked = t.transcribe(buffer, &greedy, &mut |_| {}).unwrap();
+    assert_eq!(rechecked.timings.whole_window_rechecks, 1);
+    let direct = t.transcribe(buffer, &TranscribeOptions { whole_window_recheck: false, ..greedy }, &mut |_| {}).unwrap();
+    assert_eq!(direct.timings.whole_window_rechecks, 0);
+    assert!(direct.encoder.flops < rechecked.encoder.flops / 5.0, "the recheck encodes a whole window");
+}
+
+#[test]
 fn compression_ratio_flags_repetition() {
     assert!(compression_ratio(&"the same words again ".repeat(20)) > 2.4);
     assert!(compression_ratio("He hoped there would be stew for dinner, turnips and carrots.") < 2.4);

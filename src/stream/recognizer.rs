@@ -250,6 +250,11 @@ impl State<'_> {
             // controller needs each pass to cost what r says (simulated at r = 4, the rescue
             // raised compute / audio 0.259 → 0.304 on the shared long files; README, CoDA).
             dense_rescue: false,
+            // Until the utterance has words, its passes hear a fraction of a second and are often
+            // in doubt, and the recheck's 30 s dense encode (about 0.3 s here) delayed the first
+            // partial by as much; the voice gate already keeps silence and steady noise out, and
+            // nothing becomes final before two passes agree on 3 s of audio.
+            whole_window_recheck: self.heard_words,
             draft: match &self.draft {
                 Some((tokens, start)) if *start == self.buffer.start() => tokens.clone(),
                 _ => Vec::new(),
