@@ -254,9 +254,7 @@ fn a_pass_derailed_by_its_prompt_is_decoded_again_without_it() {
     // Seen on a long-form replay of train.tsv clips: "Chapter 7 The" was final and out of the
     // buffer, which held "Timely Rescue. It was no pleasant thought to contemplate…"; every
     // pass prompted with the committed text read it as "The".
-    let wav = common::speech_dir().join("audio/librispeech_train_clean_100/4014-186175-0000.wav");
-    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
-    let buffer = &audio[(2.895 * 16_000.0) as usize..(7.245 * 16_000.0) as usize];
+    let buffer = &common::speech_excerpt("audio/librispeech_train_clean_100/4014-186175-0000.wav", 2.895, 7.245);
     let t = Transcriber::new(common::tiny_en());
     let opts = TranscribeOptions {
         initial_prompt: Some("let alone their children. Chapter 7 The".into()),

@@ -83,9 +83,7 @@ fn a_doubtful_short_buffer_is_rechecked_on_the_whole_window_unless_turned_off() 
     // The first 0.6 s of the LibriSpeech long file ("Replied he…"), as a streaming pass hears
     // it: on the block encoding Whisper is in doubt, so by default the window is decoded again
     // from a whole 30 s window; streaming turns that off on an utterance's first passes.
-    let wav = common::speech_dir().join("audio/longform/ls_test_other_2033-164914_0000-0009.wav");
-    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
-    let buffer = &audio[(0.19 * 16_000.0) as usize..(0.79 * 16_000.0) as usize];
+    let buffer = &common::speech_excerpt("audio/longform/ls_test_other_2033-164914_0000-0009.wav", 0.19, 0.79);
     let t = Transcriber::new(common::tiny_en());
     let greedy = TranscribeOptions { temperatures: vec![0.0], ..Default::default() };
     let rechecked = t.transcribe(buffer, &greedy, &mut |_| {}).unwrap();

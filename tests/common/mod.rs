@@ -14,6 +14,13 @@ pub fn speech_dir() -> PathBuf {
     dir
 }
 
+/// Seconds `from_s`..`to_s` of a clip under the speech folder, 16 kHz mono: what a streaming
+/// pass hears of it.
+pub fn speech_excerpt(relative: &str, from_s: f64, to_s: f64) -> Vec<f32> {
+    let audio = coda_asr::audio::load_mono_16k(&speech_dir().join(relative)).unwrap();
+    audio[(from_s * 16_000.0) as usize..(to_s * 16_000.0) as usize].to_vec()
+}
+
 /// The default model, imported by scripts/setup.sh; loaded once per test binary.
 pub fn tiny_en() -> &'static WhisperModel {
     static MODEL: OnceLock<WhisperModel> = OnceLock::new();
