@@ -35,6 +35,10 @@ pub struct TrainOptions {
     pub max_steps: usize,
     pub seed: u64,
     pub lr: f64,
+    /// How the learning rate moves over the run (constant for every run before session 18).
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up from 0 to `lr` at the start of the run (0 = none).
+    pub warmup_steps: usize,
     pub kl_weight: f64,
     pub mse_weight: f64,
     pub pad_weight: f64,
@@ -64,6 +68,44 @@ pub struct TrainOptions {
     /// Clips of audio shorter/longer than this are made by crops and concatenation.
     pub min_seconds: f64,
     pub max_seconds: f64,
+}
+
+impl TrainOptions {
+    /// `--pad-weight`'s default; held-out losses use it too.
+    pub const DEFAULT_PAD_WEIGHT: f64 = 0.1;
+}
+
+/// The learning rate over a run, as a factor of `--lr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LrSchedule {
+    Constant,
+    /// Half a cosine from 1 down to 0 over the run. With one example per step, Adam at a
+    /// constant rate keeps the weights jittering around the optimum; annealing lets them settle.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The factor at `progress` (0 at the first step, 1 at the end of the run) after
+    /// `warmup_steps` of linear warm-up (Adam's moments restart on --resume, so its first
+    /// steps move every weight by about the full rate whatever its gradient).
+    pub fn factor(self, step: usize, warmup_steps: usize, progress: f64) -> f64 {
+        let warmup = if step < warmup_steps { (step + 1) as f64 / warmup_steps as f64 } else { 1.0 };
+        let decay = match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress.clamp(0.0, 1.0)).cos()),
+        };
+        warmup * decay
+    }
+}
+
+/// How far through the run `step` is: by steps when `--max-steps` bounds it (deterministic),
+/// else by the time budget.
+fn run_progress(step: usize, max_steps: usize, elapsed_s: f64, max_minutes: f64) -> f64 {
+    if max_steps != usize::MAX {
+        step as f64 / max_steps as f64
+    } else {
+        elapsed_s / (max_minutes * 60.0)
+    }
 }
 
 /// One augmented training example: 16 kHz audio of min..max seconds built from random clips
@@ -138,6 +180,147 @@ fn drawn(rng: &mut Rng, share: f64) -> bool {
         s if s <= 0.0 => false,
         s => rng.uniform() < s,
     }
+}
+
+/// Distillation of one example: the frozen dense model (teacher) and CoDA layers (student)
+/// encode the same window as inference does (the audio block through the layers, the padding
+/// from the silence cache, so r applies to the frames that hold audio), and both decoders are
+/// teacher-forced on the teacher's own greedy transcript.
+struct Distiller<'m> {
+    model: &'m WhisperModel,
+    transcriber: Transcriber<'m>,
+    mel: MelFrontend,
+    teacher_layers: Vec<Arc<dyn EncoderBlock>>,
+    pad_weight: f64,
+}
+
+/// The losses of one example (scalar tensors, differentiable in the student's variables).
+struct Distilled {
+    /// KL(dense ‖ CoDA) per predicted token, averaged over the transcript.
+    kl: Tensor,
+    /// Encoder-output MSE per channel: audio frames weigh 1, the padding margin `pad_weight`.
+    mse: Tensor,
+    /// How many next-token distributions the KL averages.
+    predicted_tokens: usize,
+    /// The teacher's transcript without special tokens (the next step's prompt).
+    text_tokens: Vec<u32>,
+}
+
+impl<'m> Distiller<'m> {
+    fn new(model: &'m WhisperModel, pad_weight: f64) -> Self {
+        Distiller {
+            model,
+            transcriber: Transcriber::new(model),
+            mel: MelFrontend::new(model.config.num_mel_bins),
+            teacher_layers: model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect(),
+            pad_weight,
+        }
+    }
+
+    /// `audio` (16 kHz, at most one 30 s window is used) through teacher and student at r.
+    fn losses(
+        &self,
+        student: &[Arc<dyn EncoderBlock>],
+        audio: &[f32],
+        reduction: f64,
+        timestamps: bool,
+        prompt: &[u32],
+    ) -> Result<Distilled> {
+        let model = self.model;
+        let dev = &model.device;
+        let m = self.mel.compute(audio, CHUNK_SAMPLES);
+        let audio_mel_frames = (audio.len() / HOP_LENGTH).min(CHUNK_FRAMES);
+        let block = encoded_block_frames(audio_mel_frames);
+        let window = Tensor::from_vec(m.window(0, block, m.silence), (1, model.config.num_mel_bins, block), dev)?;
+        let encode = |layers: &[Arc<dyn EncoderBlock>], reduction: f64| {
+            model.encoder.forward_window_with(layers, &window, m.silence, CHUNK_FRAMES, &EncodeOptions { reduction })
+        };
+
+        let (teacher_enc, _) = encode(&self.teacher_layers, 1.0)?;
+        let (prefix, target) = self.transcriber.greedy_tokens(&teacher_enc, timestamps, prompt)?;
+        let text_tokens: Vec<u32> = target.iter().copied().filter(|&t| t < model.tokenizer.eot).collect();
+        let mut tokens = prefix.clone();
+        tokens.extend(&target);
+        let input = Tensor::new(tokens.as_slice(), dev)?.unsqueeze(0)?;
+        // Positions whose next token is predicted: the last prefix token onwards.
+        let first = prefix.len() - 1;
+        let count = tokens.len() - first;
+        let logits = |encoded: &Tensor| -> Result<Tensor> {
+            let mut state = model.decoder.start(encoded)?;
+            let h = model.decoder.forward(&input, &mut state)?.narrow(1, first, count)?.squeeze(0)?;
+            Ok(model.decoder.logits(&h)?)
+        };
+        let teacher_logits = logits(&teacher_enc)?;
+        let teacher_p = candle_nn::ops::softmax(&teacher_logits, D::Minus1)?;
+        let teacher_logp = candle_nn::ops::log_softmax(&teacher_logits, D::Minus1)?;
+
+        let (student_enc, _) = encode(student, reduction)?;
+        let student_logp = candle_nn::ops::log_softmax(&logits(&student_enc)?, D::Minus1)?;
+        let kl = (teacher_p * (teacher_logp - student_logp)?)?.sum(D::Minus1)?.mean_all()?;
+
+        // Encoder MSE over the encoded block (the cached padding is the same for both).
+        let (audio_frames, block_frames) = (audio_mel_frames.div_ceil(2), block / 2);
+        let frame_weights: Vec<f32> = (0..block_frames).map(|i| if i < audio_frames { 1.0 } else { self.pad_weight as f32 }).collect();
+        let fw = Tensor::from_vec(frame_weights, (1, block_frames, 1), dev)?;
+        let diff = (student_enc.narrow(1, 0, block_frames)? - teacher_enc.narrow(1, 0, block_frames)?)?;
+        let sq = diff.sqr()?.broadcast_mul(&fw)?;
+        let mse = (sq.sum_all()? / (fw.sum_all()?.to_scalar::<f32>()? as f64 * model.config.d_model as f64))?;
+        Ok(Distilled { kl, mse, predicted_tokens: count, text_tokens })
+    }
+}
+
+/// Held-out distillation losses of adapters at one r (see [`held_out_losses`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeldOutLoss {
+    pub reduction: f64,
+    pub clips: usize,
+    pub predicted_tokens: usize,
+    /// KL(dense ‖ CoDA) per predicted token, over all the clips' tokens.
+    pub kl_per_token: f64,
+    /// Encoder-output MSE, the mean over clips.
+    pub encoder_mse: f64,
+}
+
+/// The training losses measured on clips the adapters never trained on, without augmentation
+/// or prompts, teacher transcripts with timestamps (as transcription decodes). Far less noisy
+/// than WER for comparing two adapter sets: every token's whole distribution counts, not
+/// only whether the greedy choice flipped. Clips over 30 s are cut to their first window.
+/// Teacher and student run their own layer stacks, whatever `model` has installed.
+pub fn held_out_losses(
+    model: &WhisperModel,
+    weights: &CodaWeights,
+    manifest: &std::path::Path,
+    reductions: &[f64],
+) -> Result<Vec<HeldOutLoss>> {
+    let clips = load_clips(manifest)?;
+    ensure!(!clips.is_empty(), "{}: no clips", manifest.display());
+    let student: Vec<Arc<dyn EncoderBlock>> = {
+        let mut all: Vec<Arc<dyn EncoderBlock>> = model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
+        for (i, layer) in weights.layers(&model.encoder.dense_layers, false)? {
+            all[i] = Arc::new(layer);
+        }
+        all
+    };
+    let distiller = Distiller::new(model, TrainOptions::DEFAULT_PAD_WEIGHT);
+    reductions
+        .iter()
+        .map(|&reduction| {
+            let (mut kl_sum, mut mse_sum, mut tokens) = (0.0, 0.0, 0);
+            for clip in &clips {
+                let d = distiller.losses(&student, &clip[..clip.len().min(CHUNK_SAMPLES)], reduction, true, &[])?;
+                kl_sum += d.kl.to_dtype(DType::F64)?.to_scalar::<f64>()? * d.predicted_tokens as f64;
+                mse_sum += d.mse.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                tokens += d.predicted_tokens;
+            }
+            Ok(HeldOutLoss {
+                reduction,
+                clips: clips.len(),
+                predicted_tokens: tokens,
+                kl_per_token: kl_sum / tokens as f64,
+                encoder_mse: mse_sum / clips.len() as f64,
+            })
+        })
+        .collect()
 }
 
 pub struct StepLog {
@@ -223,7 +406,9 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     let resumed_from = (opts.resume && !weights.config.training.is_null()).then(|| weights.config.training.clone());
     weights.config.training = serde_json::json!({
         "manifest": opts.manifest.display().to_string(),
-        "seed": opts.seed, "lr": opts.lr, "kl_weight": opts.kl_weight, "mse_weight": opts.mse_weight,
+        "seed": opts.seed, "lr": opts.lr,
+        "lr_schedule": format!("{:?}", opts.lr_schedule).to_lowercase(), "warmup_steps": opts.warmup_steps,
+        "kl_weight": opts.kl_weight, "mse_weight": opts.mse_weight,
         "pad_weight": opts.pad_weight, "max_minutes": opts.max_minutes,
         "max_steps": (opts.max_steps != usize::MAX).then_some(opts.max_steps),
         "clip_seconds": [opts.min_seconds, opts.max_seconds],
@@ -244,7 +429,6 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         }
         all
     };
-    let dense_layers: Vec<Arc<dyn EncoderBlock>> = model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
     // The budget gates start at 1 and must be able to reach ~0 within a run's few hundred steps
     // per r; Adam moves a parameter by about lr per step, so they get their own, larger rate.
     let (gate_vars, adapter_vars) = {
@@ -258,9 +442,8 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     let adam = |vars, lr| AdamW::new(vars, ParamsAdamW { lr, weight_decay: 0.0, ..Default::default() });
     let mut optimizer = adam(adapter_vars, opts.lr)?;
     let mut gate_optimizer = adam(gate_vars, opts.lr * GATE_LR_FACTOR)?;
-    let mel = MelFrontend::new(model.config.num_mel_bins);
     model.encoder.uninstall();
-    let transcriber = Transcriber::new(model);
+    let distiller = Distiller::new(model, opts.pad_weight);
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("{}: cannot create", opts.out_dir.display()))?;
     let log_path = opts.out_dir.join("train_log.csv");
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
@@ -270,68 +453,27 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     let start = Instant::now();
     let mut last_checkpoint = Instant::now();
     let mut history = Vec::new();
-    let dev = &model.device;
-    let eot = model.tokenizer.eot;
     let mut previous_text: Vec<u32> = Vec::new();
     for step in 0..opts.max_steps {
         if start.elapsed().as_secs_f64() > opts.max_minutes * 60.0 {
             break;
         }
+        let lr_factor = opts.lr_schedule.factor(
+            step,
+            opts.warmup_steps,
+            run_progress(step, opts.max_steps, start.elapsed().as_secs_f64(), opts.max_minutes),
+        );
+        optimizer.set_learning_rate(opts.lr * lr_factor);
+        gate_optimizer.set_learning_rate(opts.lr * GATE_LR_FACTOR * lr_factor);
         let pool = if drawn(&mut rng, opts.synthetic_share) { &synthetic } else { &clips };
         let audio = make_example(pool, &mut rng, opts.min_seconds, opts.max_seconds);
-        let m = mel.compute(&audio, CHUNK_SAMPLES);
-        // As inference runs it: the audio block is encoded, the padding comes from the cache.
-        let audio_mel_frames = (audio.len() / HOP_LENGTH).min(CHUNK_FRAMES);
-        let block = encoded_block_frames(audio_mel_frames);
-        let window = Tensor::from_vec(m.window(0, block, m.silence), (1, model.config.num_mel_bins, block), dev)?;
         let reduction = opts.reductions[rng.below(opts.reductions.len())];
-        let encode = |layers: &[Arc<dyn EncoderBlock>], reduction: f64| {
-            model.encoder.forward_window_with(layers, &window, m.silence, CHUNK_FRAMES, &EncodeOptions { reduction })
-        };
-
         let timestamps = drawn(&mut rng, opts.timestamp_share);
-
         // Spread evenly over the steps rather than drawn, so a run keeps the examples and r of
         // the same seed without prompts: the two are a paired comparison.
         let prompted = ((step + 1) as f64 * opts.prompt_share).floor() > (step as f64 * opts.prompt_share).floor();
         let prompt: &[u32] = if prompted { &previous_text } else { &[] };
-
-        // Teacher: the frozen dense model and its own greedy transcript.
-        let (teacher_enc, _) = encode(&dense_layers, 1.0)?;
-        let (prefix, target) = transcriber.greedy_tokens(&teacher_enc, timestamps, prompt)?;
-        let text_tokens: Vec<u32> = target.iter().copied().filter(|&t| t < eot).collect();
-        let mut tokens = prefix.clone();
-        tokens.extend(&target);
-        let input = Tensor::new(tokens.as_slice(), dev)?.unsqueeze(0)?;
-        // Positions whose next token is predicted: the last prefix token onwards.
-        let first = prefix.len() - 1;
-        let count = tokens.len() - first;
-        let teacher_logits = {
-            let mut state = model.decoder.start(&teacher_enc)?;
-            let h = model.decoder.forward(&input, &mut state)?.narrow(1, first, count)?.squeeze(0)?;
-            model.decoder.logits(&h)?
-        };
-        let teacher_p = candle_nn::ops::softmax(&teacher_logits, D::Minus1)?;
-        let teacher_logp = candle_nn::ops::log_softmax(&teacher_logits, D::Minus1)?;
-
-        // Student: CoDA layers at this step's r.
-        let (student_enc, _) = encode(&student_layers, reduction)?;
-        let student_logits = {
-            let mut state = model.decoder.start(&student_enc)?;
-            let h = model.decoder.forward(&input, &mut state)?.narrow(1, first, count)?.squeeze(0)?;
-            model.decoder.logits(&h)?
-        };
-        let student_logp = candle_nn::ops::log_softmax(&student_logits, D::Minus1)?;
-        let kl = (teacher_p * (teacher_logp - student_logp)?)?.sum(D::Minus1)?.mean_all()?;
-
-        // Encoder MSE over the encoded block (the cached padding is the same for both): audio
-        // frames weighted 1, the margin of padding after them pad_weight.
-        let (audio_frames, block_frames) = (audio_mel_frames.div_ceil(2), block / 2);
-        let frame_weights: Vec<f32> = (0..block_frames).map(|i| if i < audio_frames { 1.0 } else { opts.pad_weight as f32 }).collect();
-        let fw = Tensor::from_vec(frame_weights, (1, block_frames, 1), dev)?;
-        let diff = (student_enc.narrow(1, 0, block_frames)? - teacher_enc.narrow(1, 0, block_frames)?)?;
-        let sq = diff.sqr()?.broadcast_mul(&fw)?;
-        let mse = (sq.sum_all()? / (fw.sum_all()?.to_scalar::<f32>()? as f64 * model.config.d_model as f64))?;
+        let Distilled { kl, mse, text_tokens, .. } = distiller.losses(&student_layers, &audio, reduction, timestamps, prompt)?;
 
         let loss = ((kl.clone() * opts.kl_weight)? + (mse.clone() * opts.mse_weight)?)?;
         let grads = loss.backward()?;
@@ -361,4 +503,29 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     weights.save(&opts.out_dir)?;
     model.install_coda(weights)?;
     Ok(history)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_schedule_falls_from_the_full_rate_to_zero_after_its_warm_up() {
+        let cosine = |step, progress| LrSchedule::Cosine.factor(step, 0, progress);
+        assert!((cosine(0, 0.0) - 1.0).abs() < 1e-12);
+        assert!((cosine(50, 0.5) - 0.5).abs() < 1e-12);
+        assert!(cosine(99, 0.99) < 1e-3);
+        assert!((0..100).map(|s| cosine(s, s as f64 / 100.0)).collect::<Vec<_>>().windows(2).all(|w| w[1] < w[0]));
+        // Warm-up ramps linearly to the scheduled rate, for either schedule.
+        assert!((LrSchedule::Constant.factor(0, 10, 0.0) - 0.1).abs() < 1e-12);
+        assert!((LrSchedule::Constant.factor(9, 10, 0.0) - 1.0).abs() < 1e-12);
+        assert!((LrSchedule::Cosine.factor(4, 10, 0.5) - 0.25).abs() < 1e-12);
+        assert_eq!(LrSchedule::Constant.factor(500, 10, 0.9), 1.0);
+    }
+
+    #[test]
+    fn run_progress_counts_steps_when_they_bound_the_run_and_time_otherwise() {
+        assert_eq!(run_progress(150, 600, 1e6, 1.0), 0.25);
+        assert_eq!(run_progress(150, usize::MAX, 30.0, 2.0), 0.25);
+    }
 }

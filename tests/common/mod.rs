@@ -21,6 +21,32 @@ pub fn speech_excerpt(relative: &str, from_s: f64, to_s: f64) -> Vec<f32> {
     audio[(from_s * 16_000.0) as usize..(to_s * 16_000.0) as usize].to_vec()
 }
 
+/// The header and data rows of a manifest under the speech folder, with the wav paths made
+/// absolute so that a test can write a manifest of some of the rows anywhere.
+pub fn speech_manifest_rows(name: &str) -> (String, Vec<String>) {
+    let speech = speech_dir();
+    let text = std::fs::read_to_string(speech.join(name)).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().to_string();
+    let rows = lines
+        .map(|row| {
+            let mut fields: Vec<String> = row.split('\t').map(String::from).collect();
+            fields[1] = speech.join(&fields[1]).display().to_string();
+            fields.join("\t")
+        })
+        .collect();
+    (header, rows)
+}
+
+/// The duration column of a row from [`speech_manifest_rows`].
+pub fn row_seconds(row: &str) -> f64 {
+    row.split('\t').nth(2).and_then(|d| d.parse().ok()).unwrap_or(f64::INFINITY)
+}
+
+pub fn write_manifest(path: &std::path::Path, header: &str, rows: &[String]) {
+    std::fs::write(path, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+}
+
 /// The default model, imported by scripts/setup.sh; loaded once per test binary.
 pub fn tiny_en() -> &'static WhisperModel {
     static MODEL: OnceLock<WhisperModel> = OnceLock::new();
