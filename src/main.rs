@@ -1031,9 +1031,16 @@ fn cmd_distill_eval(args: DistillEvalArgs) -> Result<ExitCode> {
     let weights = model.coda.as_ref().context("no CoDA adapters for this model: pass --coda DIR")?;
     let rows = coda_asr::train::held_out_losses(&model, weights, &args.manifest, &args.reductions)?;
     println!("{}: held-out distillation losses ({} clips)", args.manifest.display(), rows.first().map_or(0, |r| r.clips));
-    println!("| r | predicted tokens | KL per token | encoder MSE |\n| ---: | ---: | ---: | ---: |");
+    println!("| r | predicted tokens | KL per token | top token agrees | encoder MSE |\n| ---: | ---: | ---: | ---: | ---: |");
     for row in &rows {
-        println!("| {} | {} | {:.4} | {:.4} |", row.reduction, row.predicted_tokens, row.kl_per_token, row.encoder_mse);
+        println!(
+            "| {} | {} | {:.4} | {:.2} % | {:.4} |",
+            row.reduction,
+            row.predicted_tokens,
+            row.kl_per_token,
+            100.0 * row.token_agreement,
+            row.encoder_mse
+        );
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)? + "\n").with_context(|| format!("{}: cannot write", path.display()))?;

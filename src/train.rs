@@ -202,6 +202,8 @@ struct Distilled {
     mse: Tensor,
     /// How many next-token distributions the KL averages.
     predicted_tokens: usize,
+    /// How many of them have the same most likely token for student and teacher.
+    agreeing_tokens: usize,
     /// The teacher's transcript without special tokens (the next step's prompt).
     text_tokens: Vec<u32>,
 }
@@ -255,7 +257,11 @@ impl<'m> Distiller<'m> {
         let teacher_logp = candle_nn::ops::log_softmax(&teacher_logits, D::Minus1)?;
 
         let (student_enc, _) = encode(student, reduction)?;
-        let student_logp = candle_nn::ops::log_softmax(&logits(&student_enc)?, D::Minus1)?;
+        let student_logits = logits(&student_enc)?;
+        let agreeing_tokens =
+            student_logits.argmax(D::Minus1)?.eq(&teacher_logits.argmax(D::Minus1)?)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?
+                as usize;
+        let student_logp = candle_nn::ops::log_softmax(&student_logits, D::Minus1)?;
         let kl = (teacher_p * (teacher_logp - student_logp)?)?.sum(D::Minus1)?.mean_all()?;
 
         // Encoder MSE over the encoded block (the cached padding is the same for both).
@@ -265,7 +271,7 @@ impl<'m> Distiller<'m> {
         let diff = (student_enc.narrow(1, 0, block_frames)? - teacher_enc.narrow(1, 0, block_frames)?)?;
         let sq = diff.sqr()?.broadcast_mul(&fw)?;
         let mse = (sq.sum_all()? / (fw.sum_all()?.to_scalar::<f32>()? as f64 * model.config.d_model as f64))?;
-        Ok(Distilled { kl, mse, predicted_tokens: count, text_tokens })
+        Ok(Distilled { kl, mse, predicted_tokens: count, agreeing_tokens, text_tokens })
     }
 }
 
@@ -277,6 +283,9 @@ pub struct HeldOutLoss {
     pub predicted_tokens: usize,
     /// KL(dense ‖ CoDA) per predicted token, over all the clips' tokens.
     pub kl_per_token: f64,
+    /// Share of predicted tokens where the student's most likely token is the teacher's: what
+    /// greedy decoding sees of the KL.
+    pub token_agreement: f64,
     /// Encoder-output MSE, the mean over clips.
     pub encoder_mse: f64,
 }
@@ -305,18 +314,20 @@ pub fn held_out_losses(
     reductions
         .iter()
         .map(|&reduction| {
-            let (mut kl_sum, mut mse_sum, mut tokens) = (0.0, 0.0, 0);
+            let (mut kl_sum, mut mse_sum, mut tokens, mut agreeing) = (0.0, 0.0, 0, 0);
             for clip in &clips {
                 let d = distiller.losses(&student, &clip[..clip.len().min(CHUNK_SAMPLES)], reduction, true, &[])?;
                 kl_sum += d.kl.to_dtype(DType::F64)?.to_scalar::<f64>()? * d.predicted_tokens as f64;
                 mse_sum += d.mse.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 tokens += d.predicted_tokens;
+                agreeing += d.agreeing_tokens;
             }
             Ok(HeldOutLoss {
                 reduction,
                 clips: clips.len(),
                 predicted_tokens: tokens,
                 kl_per_token: kl_sum / tokens as f64,
+                token_agreement: agreeing as f64 / tokens as f64,
                 encoder_mse: mse_sum / clips.len() as f64,
             })
         })
