@@ -182,6 +182,21 @@ fn drawn(rng: &mut Rng, share: f64) -> bool {
     }
 }
 
+/// The pretrained encoder layers, as a layer stack.
+fn dense_stack(model: &WhisperModel) -> Vec<Arc<dyn EncoderBlock>> {
+    model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect()
+}
+
+/// The pretrained stack with `weights`' conditional layers in place of the adapted ones;
+/// `trainable` layers track gradients through the weights' variables.
+fn coda_stack(model: &WhisperModel, weights: &CodaWeights, trainable: bool) -> Result<Vec<Arc<dyn EncoderBlock>>> {
+    let mut stack = dense_stack(model);
+    for (i, layer) in weights.layers(&model.encoder.dense_layers, trainable)? {
+        stack[i] = Arc::new(layer);
+    }
+    Ok(stack)
+}
+
 /// Distillation of one example: the frozen dense model (teacher) and CoDA layers (student)
 /// encode the same window as inference does (the audio block through the layers, the padding
 /// from the silence cache, so r applies to the frames that hold audio), and both decoders are
@@ -214,7 +229,7 @@ impl<'m> Distiller<'m> {
             model,
             transcriber: Transcriber::new(model),
             mel: MelFrontend::new(model.config.num_mel_bins),
-            teacher_layers: model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect(),
+            teacher_layers: dense_stack(model),
             pad_weight,
         }
     }
@@ -303,13 +318,7 @@ pub fn held_out_losses(
 ) -> Result<Vec<HeldOutLoss>> {
     let clips = load_clips(manifest)?;
     ensure!(!clips.is_empty(), "{}: no clips", manifest.display());
-    let student: Vec<Arc<dyn EncoderBlock>> = {
-        let mut all: Vec<Arc<dyn EncoderBlock>> = model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
-        for (i, layer) in weights.layers(&model.encoder.dense_layers, false)? {
-            all[i] = Arc::new(layer);
-        }
-        all
-    };
+    let student = coda_stack(model, weights, false)?;
     let distiller = Distiller::new(model, TrainOptions::DEFAULT_PAD_WEIGHT);
     reductions
         .iter()
@@ -433,13 +442,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         "routing": weights.config.routing,
         "resumed_from": resumed_from,
     });
-    let student_layers = {
-        let mut all: Vec<Arc<dyn EncoderBlock>> = model.encoder.dense_layers.iter().map(|l| l.clone() as Arc<dyn EncoderBlock>).collect();
-        for (i, layer) in weights.layers(&model.encoder.dense_layers, true)? {
-            all[i] = Arc::new(layer);
-        }
-        all
-    };
+    let student_layers = coda_stack(model, &weights, true)?;
     // The budget gates start at 1 and must be able to reach ~0 within a run's few hundred steps
     // per r; Adam moves a parameter by about lr per step, so they get their own, larger rate.
     let (gate_vars, adapter_vars) = {
