@@ -219,8 +219,6 @@ struct Distilled {
     predicted_tokens: usize,
     /// How many of them have the same most likely token for student and teacher.
     agreeing_tokens: usize,
-    /// The teacher's transcript without special tokens (the next step's prompt).
-    text_tokens: Vec<u32>,
 }
 
 impl<'m> Distiller<'m> {
@@ -234,60 +232,93 @@ impl<'m> Distiller<'m> {
         }
     }
 
-    /// `audio` (16 kHz, at most one 30 s window is used) through teacher and student at r.
-    fn losses(
-        &self,
-        student: &[Arc<dyn EncoderBlock>],
-        audio: &[f32],
-        reduction: f64,
-        timestamps: bool,
-        prompt: &[u32],
-    ) -> Result<Distilled> {
+    /// The teacher's side of an example: `audio` (16 kHz, at most one 30 s window is used)
+    /// encoded densely and decoded greedily, and its next-token distributions on that transcript.
+    fn teach(&self, audio: &[f32], timestamps: bool, prompt: &[u32]) -> Result<Teaching> {
         let model = self.model;
         let dev = &model.device;
         let m = self.mel.compute(audio, CHUNK_SAMPLES);
         let audio_mel_frames = (audio.len() / HOP_LENGTH).min(CHUNK_FRAMES);
         let block = encoded_block_frames(audio_mel_frames);
         let window = Tensor::from_vec(m.window(0, block, m.silence), (1, model.config.num_mel_bins, block), dev)?;
-        let encode = |layers: &[Arc<dyn EncoderBlock>], reduction: f64| {
-            model.encoder.forward_window_with(layers, &window, m.silence, CHUNK_FRAMES, &EncodeOptions { reduction })
-        };
-
-        let (teacher_enc, _) = encode(&self.teacher_layers, 1.0)?;
-        let (prefix, target) = self.transcriber.greedy_tokens(&teacher_enc, timestamps, prompt)?;
+        let (encoded, _) =
+            model.encoder.forward_window_with(&self.teacher_layers, &window, m.silence, CHUNK_FRAMES, &EncodeOptions { reduction: 1.0 })?;
+        let (prefix, target) = self.transcriber.greedy_tokens(&encoded, timestamps, prompt)?;
         let text_tokens: Vec<u32> = target.iter().copied().filter(|&t| t < model.tokenizer.eot).collect();
         let mut tokens = prefix.clone();
         tokens.extend(&target);
-        let input = Tensor::new(tokens.as_slice(), dev)?.unsqueeze(0)?;
         // Positions whose next token is predicted: the last prefix token onwards.
         let first = prefix.len() - 1;
-        let count = tokens.len() - first;
-        let logits = |encoded: &Tensor| -> Result<Tensor> {
-            let mut state = model.decoder.start(encoded)?;
-            let h = model.decoder.forward(&input, &mut state)?.narrow(1, first, count)?.squeeze(0)?;
-            Ok(model.decoder.logits(&h)?)
-        };
-        let teacher_logits = logits(&teacher_enc)?;
-        let teacher_p = candle_nn::ops::softmax(&teacher_logits, D::Minus1)?;
-        let teacher_logp = candle_nn::ops::log_softmax(&teacher_logits, D::Minus1)?;
+        let forced = Forced { input: Tensor::new(tokens.as_slice(), dev)?.unsqueeze(0)?, first, count: tokens.len() - first };
+        let logits = self.logits(&forced, &encoded)?;
+        Ok(Teaching {
+            window,
+            silence: m.silence,
+            audio_frames: audio_mel_frames.div_ceil(2),
+            block_frames: block / 2,
+            encoded,
+            probabilities: candle_nn::ops::softmax(&logits, D::Minus1)?,
+            log_probabilities: candle_nn::ops::log_softmax(&logits, D::Minus1)?,
+            top_tokens: logits.argmax(D::Minus1)?,
+            forced,
+            text_tokens,
+        })
+    }
 
-        let (student_enc, _) = encode(student, reduction)?;
-        let student_logits = logits(&student_enc)?;
+    /// The decoder's logits at the predicted positions, teacher-forced on the teacher's tokens.
+    fn logits(&self, forced: &Forced, encoded: &Tensor) -> Result<Tensor> {
+        let decoder = &self.model.decoder;
+        let mut state = decoder.start(encoded)?;
+        let h = decoder.forward(&forced.input, &mut state)?.narrow(1, forced.first, forced.count)?.squeeze(0)?;
+        Ok(decoder.logits(&h)?)
+    }
+
+    /// The student's losses on a taught example at r.
+    fn losses(&self, teaching: &Teaching, student: &[Arc<dyn EncoderBlock>], reduction: f64) -> Result<Distilled> {
+        let model = self.model;
+        let (encoded, _) =
+            model.encoder.forward_window_with(student, &teaching.window, teaching.silence, CHUNK_FRAMES, &EncodeOptions { reduction })?;
+        let logits = self.logits(&teaching.forced, &encoded)?;
         let agreeing_tokens =
-            student_logits.argmax(D::Minus1)?.eq(&teacher_logits.argmax(D::Minus1)?)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?
-                as usize;
-        let student_logp = candle_nn::ops::log_softmax(&student_logits, D::Minus1)?;
-        let kl = (teacher_p * (teacher_logp - student_logp)?)?.sum(D::Minus1)?.mean_all()?;
+            logits.argmax(D::Minus1)?.eq(&teaching.top_tokens)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+        let log_probabilities = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let kl = (&teaching.probabilities * (&teaching.log_probabilities - log_probabilities)?)?.sum(D::Minus1)?.mean_all()?;
 
         // Encoder MSE over the encoded block (the cached padding is the same for both).
-        let (audio_frames, block_frames) = (audio_mel_frames.div_ceil(2), block / 2);
+        let (audio_frames, block_frames) = (teaching.audio_frames, teaching.block_frames);
         let frame_weights: Vec<f32> = (0..block_frames).map(|i| if i < audio_frames { 1.0 } else { self.pad_weight as f32 }).collect();
-        let fw = Tensor::from_vec(frame_weights, (1, block_frames, 1), dev)?;
-        let diff = (student_enc.narrow(1, 0, block_frames)? - teacher_enc.narrow(1, 0, block_frames)?)?;
+        let fw = Tensor::from_vec(frame_weights, (1, block_frames, 1), &model.device)?;
+        let diff = (encoded.narrow(1, 0, block_frames)? - teaching.encoded.narrow(1, 0, block_frames)?)?;
         let sq = diff.sqr()?.broadcast_mul(&fw)?;
         let mse = (sq.sum_all()? / (fw.sum_all()?.to_scalar::<f32>()? as f64 * model.config.d_model as f64))?;
-        Ok(Distilled { kl, mse, predicted_tokens: count, agreeing_tokens, text_tokens })
+        Ok(Distilled { kl, mse, predicted_tokens: teaching.forced.count, agreeing_tokens })
     }
+}
+
+/// What the teacher gives an example: its window, encoding, transcript and distributions.
+struct Teaching {
+    /// The mel of the audio block, and the padding level of the rest of the 30 s window.
+    window: Tensor,
+    silence: f32,
+    /// Encoder frames that hold audio, and those of the encoded block (audio and margin).
+    audio_frames: usize,
+    block_frames: usize,
+    encoded: Tensor,
+    /// Its next-token distributions at the predicted positions, and its most likely tokens.
+    probabilities: Tensor,
+    log_probabilities: Tensor,
+    top_tokens: Tensor,
+    forced: Forced,
+    /// The transcript without special tokens (the next step's prompt).
+    text_tokens: Vec<u32>,
+}
+
+/// Teacher forcing: prefix and transcript tokens, and the predicted positions (the last prefix
+/// token onwards: `count` from `first`).
+struct Forced {
+    input: Tensor,
+    first: usize,
+    count: usize,
 }
 
 /// Held-out distillation losses of adapters at one r (see [`held_out_losses`]).
@@ -320,27 +351,30 @@ pub fn held_out_losses(
     ensure!(!clips.is_empty(), "{}: no clips", manifest.display());
     let student = coda_stack(model, weights, false)?;
     let distiller = Distiller::new(model, TrainOptions::DEFAULT_PAD_WEIGHT);
-    reductions
+    // Sums per r of KL × tokens, MSE, tokens and agreeing tokens; each clip is taught once.
+    let mut sums = vec![(0.0, 0.0, 0, 0); reductions.len()];
+    for clip in &clips {
+        let teaching = distiller.teach(&clip[..clip.len().min(CHUNK_SAMPLES)], true, &[])?;
+        for (&reduction, (kl, mse, tokens, agreeing)) in reductions.iter().zip(sums.iter_mut()) {
+            let d = distiller.losses(&teaching, &student, reduction)?;
+            *kl += d.kl.to_dtype(DType::F64)?.to_scalar::<f64>()? * d.predicted_tokens as f64;
+            *mse += d.mse.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            *tokens += d.predicted_tokens;
+            *agreeing += d.agreeing_tokens;
+        }
+    }
+    Ok(reductions
         .iter()
-        .map(|&reduction| {
-            let (mut kl_sum, mut mse_sum, mut tokens, mut agreeing) = (0.0, 0.0, 0, 0);
-            for clip in &clips {
-                let d = distiller.losses(&student, &clip[..clip.len().min(CHUNK_SAMPLES)], reduction, true, &[])?;
-                kl_sum += d.kl.to_dtype(DType::F64)?.to_scalar::<f64>()? * d.predicted_tokens as f64;
-                mse_sum += d.mse.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                tokens += d.predicted_tokens;
-                agreeing += d.agreeing_tokens;
-            }
-            Ok(HeldOutLoss {
-                reduction,
-                clips: clips.len(),
-                predicted_tokens: tokens,
-                kl_per_token: kl_sum / tokens as f64,
-                token_agreement: agreeing as f64 / tokens as f64,
-                encoder_mse: mse_sum / clips.len() as f64,
-            })
+        .zip(sums)
+        .map(|(&reduction, (kl, mse, tokens, agreeing))| HeldOutLoss {
+            reduction,
+            clips: clips.len(),
+            predicted_tokens: tokens,
+            kl_per_token: kl / tokens as f64,
+            token_agreement: agreeing as f64 / tokens as f64,
+            encoder_mse: mse / clips.len() as f64,
         })
-        .collect()
+        .collect())
 }
 
 pub struct StepLog {
@@ -487,7 +521,8 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         // the same seed without prompts: the two are a paired comparison.
         let prompted = ((step + 1) as f64 * opts.prompt_share).floor() > (step as f64 * opts.prompt_share).floor();
         let prompt: &[u32] = if prompted { &previous_text } else { &[] };
-        let Distilled { kl, mse, text_tokens, .. } = distiller.losses(&student_layers, &audio, reduction, timestamps, prompt)?;
+        let teaching = distiller.teach(&audio, timestamps, prompt)?;
+        let Distilled { kl, mse, .. } = distiller.losses(&teaching, &student_layers, reduction)?;
 
         let loss = ((kl.clone() * opts.kl_weight)? + (mse.clone() * opts.mse_weight)?)?;
         let grads = loss.backward()?;
@@ -504,7 +539,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         writeln!(log, "{},{:.1},{},{:.5},{:.5},{:.5}", entry.step, elapsed, entry.reduction, entry.loss, entry.kl, entry.mse)?;
         progress(&entry, elapsed);
         history.push(entry);
-        previous_text = text_tokens;
+        previous_text = teaching.text_tokens;
         if last_checkpoint.elapsed().as_secs_f64() > opts.checkpoint_minutes * 60.0 {
             weights.save(&opts.out_dir)?;
             last_checkpoint = Instant::now();
