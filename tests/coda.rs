@@ -487,8 +487,9 @@ fn held_out_losses_vanish_at_r1_and_show_what_the_shipped_adapters_learned_at_r4
 /// On these 18 clips (180 words) the dense encoder scores 14.4 % (silence caching, 0.119 of the
 /// GFLOP of dense whole windows). The adapters since session 16 run layer 0 at r / 2 as well,
 /// so each r costs less than it did: r = 3 runs 0.055 of dense whole windows and scores 16.7 %
-/// with the shipped ones (session 18; session 16's 14.4 %), r = 4 0.044 and 25.6 % (24.4 %). The adapters shipped before them ran layer 0 dense: r = 4 ran
-/// 0.058 and scored 19.4 % (r = 3 0.064, 13.9 %); before them the pooled-grid adapters 18.9 % at
+/// with the shipped ones (session 18; session 16's 14.4 %), r = 4 0.044 and 25.6 % (24.4 %).
+/// The adapters shipped before them ran layer 0 dense: r = 4 ran 0.058 and scored 19.4 % (r = 3
+/// 0.064, 13.9 %); before them the pooled-grid adapters 18.9 % at
 /// r = 4, the grid-routed adapters with budget gates 19.4 % (their first 55 minutes of training
 /// alone 22.2 %; the ungated grid adapters 20.6 %; learned top-k adapters 32.2 %; fresh top-k
 /// adapters over 90 %). So the 22 % bound on what r = 4 cost until session 16 stays, checked at
