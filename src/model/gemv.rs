@@ -72,12 +72,13 @@ impl Matrix {
         let cols = self.cols;
         let rows_per_task = (ROWS_PER_TASK_MIN_ELEMS / cols).max(1);
         let run = |first_row: usize, chunk: &mut [f32]| {
-            for (i, o) in chunk.iter_mut().enumerate() {
-                let r = first_row + i;
-                *o = match &self.data {
-                    Data::F16(d) => dot_f16(&d[r * cols..(r + 1) * cols], x),
-                    Data::F32(d) => dot_f32(&d[r * cols..(r + 1) * cols], x),
-                } + bias.map_or(0.0, |b| b[r]);
+            let rows = first_row * cols..(first_row + chunk.len()) * cols;
+            match &self.data {
+                Data::F16(d) => dot_rows_f16(&d[rows], cols, x, chunk),
+                Data::F32(d) => dot_rows_f32(&d[rows], cols, x, chunk),
+            }
+            if let Some(b) = bias {
+                chunk.iter_mut().zip(&b[first_row..]).for_each(|(o, b)| *o += b);
             }
         };
         if self.rows * cols >= 4 * ROWS_PER_TASK_MIN_ELEMS {
@@ -88,16 +89,175 @@ impl Matrix {
     }
 }
 
-/// Dot product of f32 slices.
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+/// Dot products of the consecutive rows of `w` (row-major, `cols` wide) with `x`: out[i] = w_i · x.
+/// The instruction set is picked once per call, not per row, and rows go four at a time, so each
+/// load of `x` serves four rows; with short rows (an attention head's 64 channels) the per-row
+/// call and horizontal sum would otherwise cost as much as the products.
+pub fn dot_rows_f32(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+    debug_assert!(w.len() >= out.len() * cols && x.len() >= cols);
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function was compiled for; the
+            // slices are as long as the debug assertion says (checked by indexing in the tails).
+            return unsafe { dot_rows_f32_avx512(w, cols, x, out) };
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { dot_f32_avx2(a, b) };
+            // SAFETY: as above.
+            return unsafe { dot_rows_f32_avx2(w, cols, x, out) };
         }
     }
-    dot_f32_generic(a, b)
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = dot_f32_generic(&w[i * cols..(i + 1) * cols], x);
+    }
+}
+
+/// [`dot_rows_f32`] over float16 weights, widened to f32 in registers.
+pub fn dot_rows_f16(w: &[f16], cols: usize, x: &[f32], out: &mut [f32]) {
+    debug_assert!(w.len() >= out.len() * cols && x.len() >= cols);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: as in `dot_rows_f32`.
+            return unsafe { dot_rows_f16_avx512(w, cols, x, out) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
+            // SAFETY: as in `dot_rows_f32`.
+            return unsafe { dot_rows_f16_avx2(w, cols, x, out) };
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = w[i * cols..(i + 1) * cols].iter().zip(x).map(|(a, b)| a.to_f32() * b).sum();
+    }
+}
+
+/// One x86 kernel of `dot_rows_*`: `$lanes` floats per vector register, `$load_w` reads (and
+/// widens) `$lanes` weights, `$sum` adds a register's lanes; the columns past the last full
+/// register and the rows past the last block of four are summed one by one.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_rows_kernel {
+    ($name:ident, $features:literal, $elem:ty, $lanes:literal, $zero:ident, $load_w:expr, $load_x:ident, $fma:ident, $sum:expr) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name(w: &[$elem], cols: usize, x: &[f32], out: &mut [f32]) {
+            use std::arch::x86_64::*;
+            let body = cols / $lanes * $lanes;
+            let tail = |row: usize| -> f32 { (body..cols).map(|i| f32::from(w[row * cols + i]) * x[i]).sum() };
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut r = 0;
+            while r + 4 <= out.len() {
+                let p = wp.add(r * cols);
+                let (mut a0, mut a1, mut a2, mut a3) = ($zero(), $zero(), $zero(), $zero());
+                let mut i = 0;
+                while i < body {
+                    let xv = $load_x(xp.add(i));
+                    a0 = $fma($load_w(p.add(i)), xv, a0);
+                    a1 = $fma($load_w(p.add(cols + i)), xv, a1);
+                    a2 = $fma($load_w(p.add(2 * cols + i)), xv, a2);
+                    a3 = $fma($load_w(p.add(3 * cols + i)), xv, a3);
+                    i += $lanes;
+                }
+                out[r] = $sum(a0) + tail(r);
+                out[r + 1] = $sum(a1) + tail(r + 1);
+                out[r + 2] = $sum(a2) + tail(r + 2);
+                out[r + 3] = $sum(a3) + tail(r + 3);
+                r += 4;
+            }
+            while r < out.len() {
+                let p = wp.add(r * cols);
+                let mut a = $zero();
+                let mut i = 0;
+                while i < body {
+                    a = $fma($load_w(p.add(i)), $load_x(xp.add(i)), a);
+                    i += $lanes;
+                }
+                out[r] = $sum(a) + tail(r);
+                r += 1;
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+dot_rows_kernel!(
+    dot_rows_f32_avx512,
+    "avx512f",
+    f32,
+    16,
+    _mm512_setzero_ps,
+    |p| _mm512_loadu_ps(p),
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    |a| { _mm512_reduce_add_ps(a) }
+);
+#[cfg(target_arch = "x86_64")]
+dot_rows_kernel!(
+    dot_rows_f16_avx512,
+    "avx512f",
+    f16,
+    16,
+    _mm512_setzero_ps,
+    |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    |a| _mm512_reduce_add_ps(a)
+);
+#[cfg(target_arch = "x86_64")]
+dot_rows_kernel!(dot_rows_f32_avx2, "avx2,fma", f32, 8, _mm256_setzero_ps, |p| _mm256_loadu_ps(p), _mm256_loadu_ps, _mm256_fmadd_ps, |a| {
+    sum_m256(a)
+});
+#[cfg(target_arch = "x86_64")]
+dot_rows_kernel!(
+    dot_rows_f16_avx2,
+    "avx2,fma,f16c",
+    f16,
+    8,
+    _mm256_setzero_ps,
+    |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    |a| sum_m256(a)
+);
+
+/// out = Σ_t p_t · v_t over the rows v_t of `v` (row-major, `cols` wide): attention's weighted
+/// sum of values. Compiled for the widest vector set the CPU has, chosen once per call.
+pub fn add_weighted_rows(p: &[f32], v: &[f32], cols: usize, out: &mut [f32]) {
+    #[inline(always)]
+    fn generic(p: &[f32], v: &[f32], cols: usize, out: &mut [f32]) {
+        out.fill(0.0);
+        for (&pt, row) in p.iter().zip(v.chunks_exact(cols)) {
+            out.iter_mut().zip(row).for_each(|(o, x)| *o += pt * x);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(p: &[f32], v: &[f32], cols: usize, out: &mut [f32]) {
+            generic(p, v, cols, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(p: &[f32], v: &[f32], cols: usize, out: &mut [f32]) {
+            generic(p, v, cols, out)
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { avx512(p, v, cols, out) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { avx2(p, v, cols, out) };
+        }
+    }
+    generic(p, v, cols, out)
+}
+
+/// The sum of a 256-bit register's eight floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn sum_m256(a: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_extractf128_ps(a, 1), _mm256_castps256_ps128(a));
+    let s = _mm_hadd_ps(s, s);
+    _mm_cvtss_f32(_mm_hadd_ps(s, s))
 }
 
 #[inline(always)]
@@ -117,56 +277,71 @@ fn dot_f32_generic(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_f32_generic(a, b)
-}
-
-fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { dot_f16_avx2(w, x) };
-        }
-    }
-    w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_avx2(w: &[f16], x: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = w.len().min(x.len());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 16 <= n {
-        let w0 = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i));
-        let w1 = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i + 8) as *const __m128i));
-        acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(i)), acc0);
-        acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), acc1);
-        i += 16;
-    }
-    let acc = _mm256_add_ps(acc0, acc1);
-    let hi = _mm256_extractf128_ps(acc, 1);
-    let lo = _mm256_castps256_ps128(acc);
-    let s = _mm_add_ps(hi, lo);
-    let s = _mm_hadd_ps(s, s);
-    let s = _mm_hadd_ps(s, s);
-    let mut sum = _mm_cvtss_f32(s);
-    while i < n {
-        sum += w[i].to_f32() * x[i];
-        i += 1;
-    }
-    sum
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    type RowKernel<T> = fn(&[T], usize, &[f32], &mut [f32]);
+
+    /// The dispatching row kernels and each x86 kernel this CPU can run, so the AVX2 kernels
+    /// are checked on a CPU that would pick AVX-512.
+    #[allow(clippy::type_complexity)]
+    fn row_kernels() -> Vec<(&'static str, RowKernel<f32>, RowKernel<f16>)> {
+        #[allow(unused_mut)]
+        let mut kernels: Vec<(&'static str, RowKernel<f32>, RowKernel<f16>)> = vec![("dispatch", dot_rows_f32, dot_rows_f16)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY (both): the CPU has the features the kernels were compiled for.
+                kernels.push((
+                    "avx512",
+                    |w, c, x, o| unsafe { dot_rows_f32_avx512(w, c, x, o) },
+                    |w, c, x, o| unsafe { dot_rows_f16_avx512(w, c, x, o) },
+                ));
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
+                kernels.push((
+                    "avx2",
+                    |w, c, x, o| unsafe { dot_rows_f32_avx2(w, c, x, o) },
+                    |w, c, x, o| unsafe { dot_rows_f16_avx2(w, c, x, o) },
+                ));
+            }
+        }
+        kernels
+    }
+
+    /// Every block and tail case of the row kernels: row counts around the block of four,
+    /// column counts around the 8- and 16-float registers.
+    #[test]
+    fn row_dot_products_and_weighted_row_sums_match_plain_loops() {
+        let mut rng = crate::rng::Rng::new(3);
+        for rows in [0, 1, 3, 4, 5, 9] {
+            for cols in [1, 7, 8, 15, 16, 17, 64, 389] {
+                let w: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+                let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                let x: Vec<f32> = (0..cols).map(|_| rng.normal() as f32).collect();
+                let expected = |w: &[f32]| -> Vec<f32> { (0..rows).map(|r| (0..cols).map(|i| w[r * cols + i] * x[i]).sum()).collect() };
+                let widened: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+                for (name, f32_kernel, f16_kernel) in row_kernels() {
+                    let (mut out, mut out16) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+                    f32_kernel(&w, cols, &x, &mut out);
+                    f16_kernel(&w16, cols, &x, &mut out16);
+                    for (got, want) in out.iter().zip(expected(&w)).chain(out16.iter().zip(expected(&widened))) {
+                        assert!((got - want).abs() < 1e-4 * (cols as f32).sqrt(), "{name} {rows}x{cols}: {got} vs {want}");
+                    }
+                }
+
+                let p: Vec<f32> = (0..rows).map(|_| rng.uniform() as f32).collect();
+                let mut sum = vec![f32::NAN; cols];
+                add_weighted_rows(&p, &w, cols, &mut sum);
+                for (i, got) in sum.iter().enumerate() {
+                    let want: f32 = (0..rows).map(|r| p[r] * w[r * cols + i]).sum();
+                    assert!((got - want).abs() < 1e-4, "{rows}x{cols}, column {i}: {got} vs {want}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn gemv_matches_candle_matmul_for_f16_and_f32() {

@@ -7,7 +7,7 @@
 
 use super::config::WhisperConfig;
 use super::decoder::ExportedState;
-use super::gemv::{dot_f32, Matrix};
+use super::gemv::{add_weighted_rows, dot_rows_f32, Matrix};
 use super::kernels::{gelu_slice, softmax_row};
 use anyhow::{ensure, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
@@ -213,17 +213,11 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, len: usize, dh: usize,
     let one_head = |h: usize, out_h: &mut [f32], scores: &mut [f32]| {
         let qh = &q[h * dh..(h + 1) * dh];
         let base = h * stride * dh;
-        for (t, s) in scores.iter_mut().enumerate() {
-            *s = dot_f32(qh, &k[base + t * dh..base + (t + 1) * dh]) * scale;
-        }
+        let rows = base..base + scores.len() * dh;
+        dot_rows_f32(&k[rows.clone()], dh, qh, scores);
+        scores.iter_mut().for_each(|s| *s *= scale);
         softmax_row(scores);
-        out_h.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
-            let row = &v[base + t * dh..base + (t + 1) * dh];
-            for (o, x) in out_h.iter_mut().zip(row) {
-                *o += p * x;
-            }
-        }
+        add_weighted_rows(scores, &v[rows], dh, out_h);
     };
     let heads = out.len() / dh;
     let scores = &mut scores[..heads * len];
