@@ -4,6 +4,7 @@
 
 use crate::mel::{LogMel, MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
 use crate::model::decoder::CrossKeyValues;
+use crate::model::kernels::logsumexp;
 use crate::model::step::StepState;
 use crate::model::{silence, DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use crate::rng::Rng;
@@ -213,14 +214,6 @@ pub fn compression_ratio(text: &str) -> f64 {
     enc.write_all(text.as_bytes()).expect("writing to memory");
     let compressed = enc.finish().expect("writing to memory");
     text.len() as f64 / compressed.len() as f64
-}
-
-fn logsumexp(v: &[f32]) -> f32 {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        return max;
-    }
-    max + v.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32
 }
 
 pub struct Transcriber<'m> {
