@@ -164,3 +164,44 @@ fn a_long_segment_with_few_words_counts_as_skipped_speech() {
     ordinary.push(tok.eot);
     assert!(!sparse(&ordinary));
 }
+
+/// The single-token decoder (every decoded token on the CPU, and a window's short prompt) gives
+/// the batched decoder's predictions at every position, and running a token without its
+/// vocabulary projection (`advance`) leaves the same state as a full step.
+#[test]
+fn single_token_decoder_matches_the_batched_decoder_position_by_position() {
+    use candle_core::{IndexOp, Tensor};
+    use coda_asr::model::step::StepState;
+    let model = common::tiny_en();
+    let step = model.step.as_ref().expect("the CPU float32 model has a single-token decoder");
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let t = Transcriber::new(model);
+    let mel = t.log_mel(&audio);
+    let (features, _) = t.encode_segment(&mel, 0, audio.len() / coda_asr::mel::HOP_LENGTH, &TranscribeOptions::default()).unwrap();
+    // <|startoftranscript|>, a timestamp, then the words' tokens.
+    let mut tokens = vec![model.tokenizer.sot, model.tokenizer.timestamp_begin];
+    tokens.extend(model.tokenizer.encode(" Printing, in the only sense").unwrap());
+
+    let mut batched = model.decoder.start(&features).unwrap();
+    let input = Tensor::new(tokens.as_slice(), &model.device).unwrap().unsqueeze(0).unwrap();
+    let hidden = model.decoder.forward(&input, &mut batched).unwrap();
+    let expected = model.decoder.logits(&hidden.i(0).unwrap()).unwrap();
+
+    let fresh = || StepState::from_exported(step, model.decoder.start(&features).unwrap().export().unwrap()).unwrap();
+    let mut state = fresh();
+    let mut logits = vec![0f32; step.vocab_size];
+    for (i, &token) in tokens.iter().enumerate() {
+        step.step(token, &mut state, &mut logits).unwrap();
+        let want: Vec<f32> = expected.i(i).unwrap().to_vec1().unwrap();
+        let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 2e-3, "position {i}: logits differ by {worst}");
+    }
+    let mut skipped = fresh();
+    for &token in &tokens[..tokens.len() - 1] {
+        step.advance(token, &mut skipped).unwrap();
+    }
+    let mut last = vec![0f32; step.vocab_size];
+    step.step(*tokens.last().unwrap(), &mut skipped, &mut last).unwrap();
+    assert_eq!(last, logits, "advance must leave the state a full step leaves");
+}

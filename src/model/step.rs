@@ -142,6 +142,15 @@ impl StepDecoder {
 
     /// Run one token at the state's position; fills `logits` (vocabulary size).
     pub fn step(&self, token: u32, s: &mut StepState, logits: &mut [f32]) -> Result<()> {
+        self.advance(token, s)?;
+        self.embedding.gemv(&s.scratch.h, None, logits);
+        Ok(())
+    }
+
+    /// Run one token at the state's position without the vocabulary projection (a prompt
+    /// token whose prediction is not needed: that projection is most of a step's memory
+    /// traffic). Leaves the final-normed hidden state in the scratch space.
+    pub fn advance(&self, token: u32, s: &mut StepState) -> Result<()> {
         let (d, heads) = (self.d, self.heads);
         let dh = d / heads;
         let pos = s.position;
@@ -181,7 +190,6 @@ impl StepDecoder {
             add_into(&mut sc.x, &sc.h);
         }
         self.ln.apply(&sc.x, &mut sc.h);
-        self.embedding.gemv(&sc.h, None, logits);
         s.position += 1;
         Ok(())
     }
