@@ -94,12 +94,19 @@ impl Matrix {
 /// load of `x` serves four rows; with short rows (an attention head's 64 channels) the per-row
 /// call and horizontal sum would otherwise cost as much as the products.
 pub fn dot_rows_f32(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
-    debug_assert!(w.len() >= out.len() * cols && x.len() >= cols);
+    // The kernels read the full registers through raw pointers: this check keeps them in bounds.
+    assert!(
+        w.len() >= out.len() * cols && x.len() >= cols,
+        "dot_rows: {} weights, {} inputs for {} rows of {cols}",
+        w.len(),
+        x.len(),
+        out.len()
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features the function was compiled for; the
-            // slices are as long as the debug assertion says (checked by indexing in the tails).
+            // SAFETY: the CPU supports the features the function was compiled for, and the
+            // slices are long enough (asserted above).
             return unsafe { dot_rows_f32_avx512(w, cols, x, out) };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -114,7 +121,13 @@ pub fn dot_rows_f32(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
 
 /// [`dot_rows_f32`] over float16 weights, widened to f32 in registers.
 pub fn dot_rows_f16(w: &[f16], cols: usize, x: &[f32], out: &mut [f32]) {
-    debug_assert!(w.len() >= out.len() * cols && x.len() >= cols);
+    assert!(
+        w.len() >= out.len() * cols && x.len() >= cols,
+        "dot_rows: {} weights, {} inputs for {} rows of {cols}",
+        w.len(),
+        x.len(),
+        out.len()
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
