@@ -94,14 +94,7 @@ impl Matrix {
 /// load of `x` serves four rows; with short rows (an attention head's 64 channels) the per-row
 /// call and horizontal sum would otherwise cost as much as the products.
 pub fn dot_rows_f32(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
-    // The kernels read the full registers through raw pointers: this check keeps them in bounds.
-    assert!(
-        w.len() >= out.len() * cols && x.len() >= cols,
-        "dot_rows: {} weights, {} inputs for {} rows of {cols}",
-        w.len(),
-        x.len(),
-        out.len()
-    );
+    check_row_shapes(w.len(), cols, x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
@@ -119,15 +112,14 @@ pub fn dot_rows_f32(w: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// The x86 kernels read whole registers through raw pointers: this keeps them in bounds.
+fn check_row_shapes(weights: usize, cols: usize, inputs: usize, rows: usize) {
+    assert!(weights >= rows * cols && inputs >= cols, "dot_rows: {weights} weights, {inputs} inputs for {rows} rows of {cols}");
+}
+
 /// [`dot_rows_f32`] over float16 weights, widened to f32 in registers.
 pub fn dot_rows_f16(w: &[f16], cols: usize, x: &[f32], out: &mut [f32]) {
-    assert!(
-        w.len() >= out.len() * cols && x.len() >= cols,
-        "dot_rows: {} weights, {} inputs for {} rows of {cols}",
-        w.len(),
-        x.len(),
-        out.len()
-    );
+    check_row_shapes(w.len(), cols, x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
