@@ -49,22 +49,64 @@ const UNLIKELY_LOGPROB: f64 = -1.0;
 
 /// One pass over the buffer, prompted with the committed text. The prompt can derail a pass:
 /// after a committed "…Chapter 7 The", the buffer "Timely Rescue. It was no pleasant thought…"
-/// came out as "The", pass after pass. Whisper's own fallback drops the prompt when it retries
-/// a decode; so does this, once, when the reading is unlikely, and keeps the likelier one.
-/// Returns the transcript and the encoder time of every decode it took.
+/// came out as "The", pass after pass; after "…Chapter 16 A Girl and a Bit of Lowestoft.", a
+/// noisy buffer came out as "Girl and a Girl and a …", confidently (log-probability −0.1),
+/// pass after pass for 28 s. Whisper's own fallback drops the prompt when it retries a decode;
+/// so does this, once, when the reading is unlikely or a repetition loop, and keeps the better
+/// one: a reading that is no loop over a loop, else the likelier. Returns the transcript and
+/// the encoder time of every decode it took.
 pub fn streaming_pass(t: &Transcriber, audio: &[f32], opts: &TranscribeOptions) -> Result<(Transcript, f64)> {
     let first = t.transcribe(audio, opts, &mut |_| {})?;
-    if opts.initial_prompt.is_none() || least_likely_segment(&first) >= UNLIKELY_LOGPROB {
+    let first_reading = Reading::of(&first);
+    if opts.initial_prompt.is_none() || first_reading.is_sound() {
         let encoder_ms = first.timings.encoder_ms;
         return Ok((first, encoder_ms));
     }
     let bare = TranscribeOptions { initial_prompt: None, draft: Vec::new(), ..opts.clone() };
     let retry = t.transcribe(audio, &bare, &mut |_| {})?;
     let encoder_ms = first.timings.encoder_ms + retry.timings.encoder_ms;
-    // A silent retry (no segments) says nothing about the audio the first pass heard words in.
-    let better = !retry.segments.is_empty() && least_likely_segment(&retry) > least_likely_segment(&first);
-    Ok((if better { retry } else { first }, encoder_ms))
+    Ok((if Reading::of(&retry).replaces(&first_reading) { retry } else { first }, encoder_ms))
 }
+
+/// What decides between a prompted pass and its retry without the prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reading {
+    has_segments: bool,
+    is_loop: bool,
+    /// The lowest mean token log-probability of its segments (0 when it has none).
+    least_logprob: f64,
+}
+
+impl Reading {
+    fn of(tr: &Transcript) -> Self {
+        Self { has_segments: !tr.segments.is_empty(), is_loop: is_repetition_loop(tr), least_logprob: least_likely_segment(tr) }
+    }
+
+    /// Likely enough and no loop: no retry needed.
+    fn is_sound(&self) -> bool {
+        self.least_logprob >= UNLIKELY_LOGPROB && !self.is_loop
+    }
+
+    /// Whether this retry is the better reading of the audio `first` was decoded from.
+    fn replaces(&self, first: &Reading) -> bool {
+        // A silent retry (no segments) says nothing about the audio the first pass heard words in.
+        self.has_segments
+            && match (first.is_loop, self.is_loop) {
+                (true, false) => true,
+                (false, true) => false,
+                _ => self.least_logprob > first.least_logprob,
+            }
+    }
+}
+
+/// Greedy decoding's failure mode: stopped by the token limit, or text that compresses like a
+/// loop (Whisper's compression-ratio test, computed over each window's whole text).
+pub fn is_repetition_loop(tr: &Transcript) -> bool {
+    tr.hit_token_limit || tr.segments.iter().any(|s| s.compression_ratio > LOOP_COMPRESSION_RATIO)
+}
+
+/// Whisper's `compression_ratio_threshold`.
+const LOOP_COMPRESSION_RATIO: f64 = 2.4;
 
 /// The lowest mean token log-probability of a transcript's segments (0 when it has none).
 fn least_likely_segment(tr: &Transcript) -> f64 {
@@ -294,7 +336,7 @@ impl State<'_> {
         // The controller's choice is read at the next step, whatever becomes of this one.
         self.controller.observe(compute, encoder_ms / 1e3, step_audio.max(self.opts.step_s * 0.5));
         // A repetition loop (greedy decoding's failure mode) is not a hypothesis: keep the last.
-        if tr.hit_token_limit || tr.segments.iter().any(|s| s.compression_ratio > 2.4) {
+        if is_repetition_loop(&tr) {
             self.skip_hypothesis();
             return Ok(());
         }
@@ -648,4 +690,30 @@ pub fn run_recognizer(
     }
     let _ = s.end_stream();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reading;
+
+    fn reading(has_segments: bool, is_loop: bool, least_logprob: f64) -> Reading {
+        Reading { has_segments, is_loop, least_logprob }
+    }
+
+    #[test]
+    fn a_prompted_loop_is_retried_and_any_reading_that_is_no_loop_replaces_it() {
+        let confident_loop = reading(true, true, -0.1);
+        assert!(!confident_loop.is_sound());
+        assert!(!reading(true, false, -1.2).is_sound());
+        assert!(reading(true, false, -0.3).is_sound());
+        // No loop beats a loop, however unlikely.
+        assert!(reading(true, false, -1.5).replaces(&confident_loop));
+        assert!(!reading(true, true, -0.05).replaces(&reading(true, false, -1.5)));
+        // Between two loops or two readings that are none, the likelier.
+        assert!(reading(true, true, -0.05).replaces(&confident_loop));
+        assert!(!reading(true, false, -1.3).replaces(&reading(true, false, -1.1)));
+        assert!(reading(true, false, -0.4).replaces(&reading(true, false, -1.1)));
+        // A retry that hears nothing never replaces words.
+        assert!(!reading(false, false, 0.0).replaces(&confident_loop));
+    }
 }
