@@ -328,7 +328,7 @@ impl State<'_> {
                 topts.draft.len(),
                 tm.whole_window_rechecks,
                 least_likely_segment(&tr),
-                tr.text
+                segs.iter().map(|(start, end, text)| format!("{start:.2}-{end:.2}{text}")).collect::<Vec<_>>()
             );
         }
         self.stats.step_compute_ms = compute * 1e3;

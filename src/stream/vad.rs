@@ -5,7 +5,10 @@
 //! statistics): speech always has quieter gaps between syllables, so the floor stays at the
 //! background, while steady noise (a fan, a running tap) lifts the floor to itself and stops
 //! counting as speech within two seconds.
-//! Speech starts after 3 loud frames in 5 and ends after `hangover` of quiet. The recogniser
+//! Speech starts after 3 loud frames in 5 and ends after `hangover` of quiet. Once open, the
+//! gate counts a frame as speech from 9 dB above the floor (hysteresis): in noise at 5–15 dB
+//! SNR whole phrases stay under 12 dB, and the gate closed mid-sentence, losing "captured by
+//! Bartholemy Portuguez and his men were" between two utterances. The recogniser
 //! does nothing while the gate is closed, which is what keeps Whisper from inventing "Thank
 //! you." on silence and keeps the CPU idle.
 
@@ -23,6 +26,8 @@ pub struct Vad {
     quiet_frames: usize,
     hangover_frames: usize,
     pub threshold_db: f64,
+    /// While speaking, a frame this far above the floor keeps the gate open.
+    pub continue_db: f64,
     pub min_level_db: f64,
     /// Level of the last frame, dBFS (for the level meter).
     pub level_db: f64,
@@ -39,6 +44,7 @@ impl Vad {
             quiet_frames: 0,
             hangover_frames: (hangover_s * 16_000.0 / FRAME as f64).ceil() as usize,
             threshold_db: 12.0,
+            continue_db: 9.0,
             min_level_db: -50.0,
             level_db: -120.0,
         }
@@ -83,7 +89,7 @@ impl Vad {
             self.speaking = true;
             self.quiet_frames = 0;
         } else if self.speaking {
-            if loud {
+            if level_db > self.floor_db + self.continue_db && level_db > self.min_level_db {
                 self.quiet_frames = 0;
             } else {
                 self.quiet_frames += 1;
@@ -136,5 +142,18 @@ mod tests {
         // A syllable-like burst well above the noise still does.
         let burst: Vec<f32> = (0..16_000).map(|i| if (i / 4000) % 2 == 0 { 0.9 * (i as f32 * 0.1).sin() + n[i] } else { n[i] }).collect();
         assert!(v.push(&burst));
+    }
+
+    #[test]
+    fn open_speech_stays_open_while_a_phrase_is_quieter_than_the_opening_threshold() {
+        let mut v = Vad::new(0.5);
+        let mut feed = |v: &mut Vad, level: f64, frames: usize| (0..frames).map(|_| v.frame(level)).last().unwrap();
+        feed(&mut v, -40.0, 70); // the floor: noise at −40 dBFS
+        assert!(!feed(&mut v, -30.0, 10), "10 dB above the floor does not open the gate");
+        assert!(feed(&mut v, -20.0, 5), "20 dB above it does");
+        // A phrase 10 dB above the noise (speech at low SNR) keeps it open for 1.2 s…
+        assert!(feed(&mut v, -30.0, 40));
+        // …while 8 dB above it is quiet, and the gate closes after the hangover.
+        assert!(!feed(&mut v, -32.0, 20));
     }
 }
