@@ -57,7 +57,7 @@ const UNLIKELY_LOGPROB: f64 = -1.0;
 /// the encoder time of every decode it took.
 pub fn streaming_pass(t: &Transcriber, audio: &[f32], opts: &TranscribeOptions) -> Result<(Transcript, f64)> {
     let first = t.transcribe(audio, opts, &mut |_| {})?;
-    let first_reading = Reading::of(&first);
+    let first_reading = Reading::of(&first, opts);
     if opts.initial_prompt.is_none() || first_reading.is_sound() {
         let encoder_ms = first.timings.encoder_ms;
         return Ok((first, encoder_ms));
@@ -65,7 +65,7 @@ pub fn streaming_pass(t: &Transcriber, audio: &[f32], opts: &TranscribeOptions) 
     let bare = TranscribeOptions { initial_prompt: None, draft: Vec::new(), ..opts.clone() };
     let retry = t.transcribe(audio, &bare, &mut |_| {})?;
     let encoder_ms = first.timings.encoder_ms + retry.timings.encoder_ms;
-    Ok((if Reading::of(&retry).replaces(&first_reading) { retry } else { first }, encoder_ms))
+    Ok((if Reading::of(&retry, opts).replaces(&first_reading) { retry } else { first }, encoder_ms))
 }
 
 /// What decides between a prompted pass and its retry without the prompt.
@@ -78,8 +78,8 @@ struct Reading {
 }
 
 impl Reading {
-    fn of(tr: &Transcript) -> Self {
-        Self { has_segments: !tr.segments.is_empty(), is_loop: is_repetition_loop(tr), least_logprob: least_likely_segment(tr) }
+    fn of(tr: &Transcript, opts: &TranscribeOptions) -> Self {
+        Self { has_segments: !tr.segments.is_empty(), is_loop: is_repetition_loop(tr, opts), least_logprob: least_likely_segment(tr) }
     }
 
     /// Likely enough and no loop: no retry needed.
@@ -100,13 +100,10 @@ impl Reading {
 }
 
 /// Greedy decoding's failure mode: stopped by the token limit, or text that compresses like a
-/// loop (Whisper's compression-ratio test, computed over each window's whole text).
-pub fn is_repetition_loop(tr: &Transcript) -> bool {
-    tr.hit_token_limit || tr.segments.iter().any(|s| s.compression_ratio > LOOP_COMPRESSION_RATIO)
+/// loop (the options' compression-ratio test, computed over each window's whole text).
+fn is_repetition_loop(tr: &Transcript, opts: &TranscribeOptions) -> bool {
+    tr.hit_token_limit || opts.compression_ratio_threshold.is_some_and(|cr| tr.segments.iter().any(|s| s.compression_ratio > cr as f64))
 }
-
-/// Whisper's `compression_ratio_threshold`.
-const LOOP_COMPRESSION_RATIO: f64 = 2.4;
 
 /// The lowest mean token log-probability of a transcript's segments (0 when it has none).
 fn least_likely_segment(tr: &Transcript) -> f64 {
@@ -336,7 +333,7 @@ impl State<'_> {
         // The controller's choice is read at the next step, whatever becomes of this one.
         self.controller.observe(compute, encoder_ms / 1e3, step_audio.max(self.opts.step_s * 0.5));
         // A repetition loop (greedy decoding's failure mode) is not a hypothesis: keep the last.
-        if is_repetition_loop(&tr) {
+        if is_repetition_loop(&tr, &topts) {
             self.skip_hypothesis();
             return Ok(());
         }
