@@ -754,7 +754,7 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
         let audio = coda_asr::audio::load_mono_16k(&e.wav)?;
         let tr = transcriber.transcribe(&audio, &batch_opts, &mut |_| {})?;
         let reference: String = segments[&e.id].iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
-        batch.push((e.id.clone(), eval::score(&reference, &tr.text)));
+        batch.push((e.id.clone(), eval::score(&reference, &tr.text), tr.text));
     }
     let latencies: Vec<f64> = reports.iter().flat_map(|r| r.latencies_s.iter().copied()).collect();
     let mut stream_counts = eval::ErrorCounts::default();
@@ -763,7 +763,7 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
         stream_counts.add(&eval::score(&reference, &r.finals));
     }
     let mut batch_counts = eval::ErrorCounts::default();
-    for (_, c) in &batch {
+    for (_, c, _) in &batch {
         batch_counts.add(c);
     }
     let first_partials: Vec<f64> = reports.iter().filter_map(|r| r.first_partial_after_speech_s).collect();
@@ -789,7 +789,7 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
         std::fs::write(
             path,
             serde_json::to_string_pretty(
-                &serde_json::json!({ "replays": reports, "batch": batch.iter().map(|(id, c)| serde_json::json!({"id": id, "wer": c.wer()})).collect::<Vec<_>>() }),
+                &serde_json::json!({ "replays": reports, "batch": batch.iter().map(|(id, c, text)| serde_json::json!({"id": id, "wer": c.wer(), "text": text})).collect::<Vec<_>>() }),
             )?,
         )?;
     }
