@@ -31,6 +31,9 @@ const SETTLING_WORDS: usize = 2;
 /// Longest run of words, on either side, that is compared as one when the hypotheses write
 /// the same letters apart and together, or settled as one disputed reading.
 const MAX_MERGED_WORDS: usize = 3;
+/// How many of the last known words (final or partial) a rejected hypothesis must repeat
+/// before its later words are taken at a flush (see [`LocalAgreement::flush`]).
+const KNOWN_TAIL_WORDS: usize = 3;
 
 #[derive(Debug, Default)]
 pub struct LocalAgreement {
@@ -43,6 +46,8 @@ pub struct LocalAgreement {
     previous: Vec<Word>,
     /// Hypotheses rejected since the last accepted one.
     rejected_in_a_row: usize,
+    /// The newest of them (see [`Self::flush`]).
+    last_rejected: Option<Vec<Word>>,
     /// While set, agreement commits nothing (see [`Self::hold_commits`]).
     commits_held: bool,
     /// See [`Self::passes_without_words`].
@@ -101,6 +106,7 @@ impl LocalAgreement {
         } else if self.rejected_in_a_row < MAX_REJECTED_IN_A_ROW {
             self.rejected_in_a_row += 1;
             self.passes_without_words += 1;
+            self.last_rejected = Some(hypothesis);
             return None;
         } else {
             // Consistently read otherwise: take it, less a prefix that matches some stretch of
@@ -114,6 +120,7 @@ impl LocalAgreement {
     /// LocalAgreement on the words after the final ones.
     fn agree(&mut self, fresh: Vec<Word>) -> Vec<Word> {
         self.rejected_in_a_row = 0;
+        self.last_rejected = None;
         let agreement = if self.commits_held {
             Agreement { fresh_words: 0, stopped_at_mismatch: false }
         } else {
@@ -129,18 +136,38 @@ impl LocalAgreement {
         newly
     }
 
-    /// Make everything pending final (end of speech or of the stream).
+    /// Make everything pending final (end of speech or of the stream). When the last
+    /// hypotheses were rejected, the newest one's words after the last known ones are final
+    /// too: at an utterance's end there is no later pass to hear them, and a buffer whose
+    /// start Whisper reads differently from the final words ("ride Crystal, for which they
+    /// were found. Two little crayfishes…" after a final "…arrived first at the port of which
+    /// they were found.") has every pass rejected. A hypothesis that stopped early has no such
+    /// words.
     pub fn flush(&mut self) -> Vec<Word> {
-        let rest = std::mem::take(&mut self.previous);
+        let mut rest = std::mem::take(&mut self.previous);
         self.disputed = false;
         self.committed.extend(rest.iter().cloned());
         self.in_buffer += rest.len();
+        if let Some(rejected) = self.last_rejected.take() {
+            rest.extend(self.commit_continuation(&rejected));
+        }
         rest
+    }
+
+    /// Make final, and return, the words of `hypothesis` after the place where it repeats the
+    /// last final words (see [`KNOWN_TAIL_WORDS`]); none when it does not repeat them.
+    pub fn commit_continuation(&mut self, hypothesis: &[Word]) -> Vec<Word> {
+        let tail = &self.committed[self.committed.len().saturating_sub(KNOWN_TAIL_WORDS)..];
+        let continuation = words_after_tail(hypothesis, tail).to_vec();
+        self.committed.extend(continuation.iter().cloned());
+        self.in_buffer += continuation.len();
+        continuation
     }
 
     /// The buffer was cut at stream time `cut`: committed words that ended well before it are
     /// no longer heard; the last couple stay, since word times are estimates.
     pub fn trimmed(&mut self, cut: f64) {
+        self.last_rejected = None;
         let still = self.committed.iter().rev().take_while(|w| w.end > cut - 0.3).count();
         self.in_buffer = still.max(self.in_buffer.min(2)).min(self.committed.len());
         self.passes_without_words = 0;
@@ -149,6 +176,7 @@ impl LocalAgreement {
     /// The buffer was cut at a segment boundary behind which `still_in_buffer` committed words
     /// are still heard (exact, unlike [`Self::trimmed`]'s time estimate).
     pub fn trimmed_keeping(&mut self, still_in_buffer: usize) {
+        self.last_rejected = None;
         self.in_buffer = still_in_buffer.min(self.committed.len());
         self.passes_without_words = 0;
     }
@@ -156,6 +184,7 @@ impl LocalAgreement {
     /// The buffer was emptied.
     pub fn cleared(&mut self) {
         self.in_buffer = 0;
+        self.last_rejected = None;
         self.previous.clear();
         self.disputed = false;
         self.passes_without_words = 0;
@@ -277,6 +306,29 @@ fn best_prefix(words: &[Word], scores: &[i64], eligible: impl Fn(i64, usize) -> 
         }
     }
     best
+}
+
+/// The words of `hypothesis` after the place that best repeats all of `tail` (letter by letter,
+/// see [`repeat_scores`], scoring at least half its letters); none when no place does. Of
+/// equally good places the last is taken.
+fn words_after_tail<'h>(hypothesis: &'h [Word], tail: &[Word]) -> &'h [Word] {
+    let tail_letters = letters(tail);
+    if tail_letters.is_empty() {
+        return &[];
+    }
+    let spoken = letters(hypothesis);
+    // The repetition may start anywhere in the hypothesis: all its head letters are free.
+    let scores = repeat_scores(&tail_letters, 0, &spoken, spoken.len(), true);
+    let mut best: Option<(usize, i64)> = None;
+    let mut length = 0;
+    for (j, w) in hypothesis.iter().enumerate() {
+        length += key(&w.text).chars().count();
+        let score = scores[length];
+        if 2 * score >= tail_letters.len() as i64 && best.is_none_or(|(_, s)| score >= s) {
+            best = Some((j + 1, score));
+        }
+    }
+    best.map_or(&[], |(words, _)| &hypothesis[words..])
 }
 
 /// How a hypothesis starts by repeating final words.
@@ -406,6 +458,50 @@ mod tests {
         let fin = p.update(words(&format!("{heard} rectangle felt"), 0.0)).unwrap();
         assert_eq!(texts(&fin), ["rectangle"]);
         assert_eq!(p.committed().len(), 16);
+    }
+
+    #[test]
+    fn a_flush_keeps_the_words_a_rejected_last_hypothesis_adds_after_the_known_ones() {
+        // Seen on a noisy long file at r = 3: the buffer starts with the final words "…speak
+        // for itself", which the passes read as "future"; the stream's last pass was rejected
+        // for it, and its last words, "produced on me", were never made final.
+        let misread = "future if i am asked what impression of the writer those extraordinary pages";
+        let heard_so_far = |p: &mut LocalAgreement| {
+            p.update(words("autobiography speak for itself", 0.0));
+            p.update(words("autobiography speak for itself if", 0.0));
+            assert_eq!(p.update(words(misread, 0.0)), None);
+            assert_eq!(p.update(words(misread, 0.0)), None);
+            p.update(words(misread, 0.0)).expect("the third reading in a row is taken");
+        };
+        let mut p = LocalAgreement::default();
+        heard_so_far(&mut p);
+        assert_eq!(p.update(words(&format!("{misread} produced on me"), 0.0)), None);
+        let rest = p.flush();
+        assert_eq!(texts(&rest), format!("{misread} produced on me").split_whitespace().collect::<Vec<_>>());
+        // A rejected hypothesis that stops early adds nothing, and repeats nothing.
+        let mut p = LocalAgreement::default();
+        heard_so_far(&mut p);
+        assert_eq!(p.update(words("future if i am asked what", 0.0)), None);
+        assert_eq!(texts(&p.flush()), misread.split_whitespace().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_continuation_is_what_a_hypothesis_hears_after_the_last_final_words() {
+        // The end check of a noisy long file at r = 3: every pass had stopped at "…than ever."
+        let mut p = LocalAgreement::default();
+        p.update(words("presently they became more broad awake than ever", 0.0));
+        p.update(words("presently they became more broad awake than ever", 0.0));
+        assert_eq!(p.committed().len(), 8);
+        let nothing_new = p.commit_continuation(&words("they became more broad awake than ever", 10.0));
+        assert!(nothing_new.is_empty(), "{nothing_new:?}");
+        let elsewhere = p.commit_continuation(&words("and a girl called bella", 10.0));
+        assert!(elsewhere.is_empty(), "without the last final words there is no place to go on from: {elsewhere:?}");
+        let late = p.commit_continuation(&words("they became more broad awake than ever and a girl called bella", 10.0));
+        assert_eq!(texts(&late), ["and", "a", "girl", "called", "bella"]);
+        assert_eq!(p.committed().len(), 13);
+        // Misheard a little ("bella" as "bela"), the last final words still place it.
+        let more = p.commit_continuation(&words("a girl called bela pastik", 10.0));
+        assert_eq!(texts(&more), ["pastik"]);
     }
 
     #[test]

@@ -43,6 +43,10 @@ const SHORT_UTTERANCE_HOLD_S: f64 = 2.0;
 /// is taken to be stuck at a sentence end (see [`State::unstick_if_stalled`]).
 const STALLED_STEPS: usize = 2;
 
+/// How much of the buffer's end is heard again when an utterance ends (see
+/// [`State::hear_the_end_again`]): the last final words and up to a few seconds after them.
+const END_CHECK_S: f64 = 5.0;
+
 /// A pass whose least likely segment has a mean token log-probability under this (Whisper's
 /// `logprob_threshold`) is decoded again without the prompt.
 const UNLIKELY_LOGPROB: f64 = -1.0;
@@ -66,6 +70,22 @@ pub fn streaming_pass(t: &Transcriber, audio: &[f32], opts: &TranscribeOptions) 
     let retry = t.transcribe(audio, &bare, &mut |_| {})?;
     let encoder_ms = first.timings.encoder_ms + retry.timings.encoder_ms;
     Ok((if Reading::of(&retry, opts).replaces(&first_reading) { retry } else { first }, encoder_ms))
+}
+
+/// Decoding options every streaming pass shares, at reduction factor `r`.
+fn pass_options(r: f64) -> TranscribeOptions {
+    TranscribeOptions {
+        condition_on_previous_text: false,
+        encode: EncodeOptions { reduction: r },
+        // Keep a step's cost predictable: one greedy pass, no sampling retries.
+        temperatures: vec![0.0],
+        max_tokens_per_second: Some(MAX_TOKENS_PER_SECOND),
+        // No dense re-encodes either: the next pass hears the audio again, and the budget
+        // controller needs each pass to cost what r says (simulated at r = 4, the rescue
+        // raised compute / audio 0.259 → 0.304 on the shared long files; README, CoDA).
+        dense_rescue: false,
+        ..Default::default()
+    }
 }
 
 /// What decides between a prompted pass and its retry without the prompt.
@@ -280,15 +300,6 @@ impl State<'_> {
             prompt[prompt.len().saturating_sub(40)..].iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
         let topts = TranscribeOptions {
             initial_prompt: (!committed_text.is_empty()).then_some(committed_text),
-            condition_on_previous_text: false,
-            encode: EncodeOptions { reduction: r },
-            // Keep a step's cost predictable: one greedy pass, no sampling retries.
-            temperatures: vec![0.0],
-            max_tokens_per_second: Some(MAX_TOKENS_PER_SECOND),
-            // No dense re-encodes either: the next pass hears the audio again, and the budget
-            // controller needs each pass to cost what r says (simulated at r = 4, the rescue
-            // raised compute / audio 0.259 → 0.304 on the shared long files; README, CoDA).
-            dense_rescue: false,
             // Until the utterance has words, its passes hear a fraction of a second and are often
             // in doubt, and the recheck's 30 s dense encode (about 0.3 s here) delayed the first
             // partial by as much; the voice gate already keeps silence and steady noise out, and
@@ -298,7 +309,7 @@ impl State<'_> {
                 Some((tokens, start)) if *start == self.buffer.start() => tokens.clone(),
                 _ => Vec::new(),
             },
-            ..Default::default()
+            ..pass_options(r)
         };
         let t0 = Instant::now();
         let (tr, encoder_ms) = streaming_pass(self.t, self.buffer.samples(), &topts)?;
@@ -487,11 +498,48 @@ impl State<'_> {
             self.process()?;
             let rest = self.policy.flush();
             self.emit_finals(rest);
+            let heard_late = self.hear_the_end_again()?;
+            self.emit_finals(heard_late);
             self.emit_partial();
             self.keep_context();
         }
         self.clear_buffer_keeping((self.opts.preroll_s * RATE) as usize);
         Ok(())
+    }
+
+    /// Whisper can end every pass of a long buffer at a sentence end with speech after it (see
+    /// [`Self::unstick_if_stalled`]), and at an utterance's end no later pass is coming to hear
+    /// that speech: "…broad awake than ever." ended each pass of a 20 s buffer, and the
+    /// "And a girl called Bellah Postik" spoken before the gate closed was lost. One pass over
+    /// the buffer's last [`END_CHECK_S`] hears the last final words again; what it hears after
+    /// them is made final. Returns those words.
+    fn hear_the_end_again(&mut self) -> Result<Vec<Word>> {
+        let tail = (END_CHECK_S * RATE) as usize;
+        if self.buffer.len() < tail + RATE as usize || self.policy.committed().is_empty() {
+            // The last pass heard little more than this one would.
+            return Ok(Vec::new());
+        }
+        let offset = (self.buffer.len() - tail) as f64 / RATE;
+        let topts = pass_options(self.controller.reduction());
+        let t0 = Instant::now();
+        let tr = self.t.transcribe(&self.buffer.samples()[self.buffer.len() - tail..], &topts, &mut |_| {})?;
+        let compute = t0.elapsed().as_secs_f64();
+        // Counted in the totals but not shown to the budget controller: it runs once per
+        // utterance, after the voice gate closed, not once per step of speech.
+        self.stats.step_compute_ms += compute * 1e3;
+        self.stats.compute_total_s += compute;
+        if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
+            eprintln!("[end check {:.2}+{END_CHECK_S:.2}s] {:?}", self.buffer.to_stream(offset), tr.text);
+        }
+        if is_repetition_loop(&tr, &topts) {
+            return Ok(Vec::new());
+        }
+        let to_stream = |w: Word| Word { start: self.buffer.to_stream(offset + w.start), end: self.buffer.to_stream(offset + w.end), ..w };
+        let words: Vec<Word> = segments_to_words(&tr.segments.iter().map(|s| (s.start, s.end, s.text.clone())).collect::<Vec<_>>())
+            .into_iter()
+            .map(to_stream)
+            .collect();
+        Ok(self.policy.commit_continuation(&words))
     }
 
     /// The voice gate closed: finish the utterance, or hold a short one open for more speech.
