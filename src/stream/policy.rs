@@ -46,7 +46,9 @@ pub struct LocalAgreement {
     previous: Vec<Word>,
     /// Hypotheses rejected since the last accepted one.
     rejected_in_a_row: usize,
-    /// The newest of them (see [`Self::flush`]).
+    /// The newest of them (see [`Self::flush`]). A buffer cut keeps it: what it adds is placed
+    /// by its words, not its times, and the cut may come just before the flush (a stall at the
+    /// end of the stream).
     last_rejected: Option<Vec<Word>>,
     /// While set, agreement commits nothing (see [`Self::hold_commits`]).
     commits_held: bool,
@@ -167,7 +169,6 @@ impl LocalAgreement {
     /// The buffer was cut at stream time `cut`: committed words that ended well before it are
     /// no longer heard; the last couple stay, since word times are estimates.
     pub fn trimmed(&mut self, cut: f64) {
-        self.last_rejected = None;
         let still = self.committed.iter().rev().take_while(|w| w.end > cut - 0.3).count();
         self.in_buffer = still.max(self.in_buffer.min(2)).min(self.committed.len());
         self.passes_without_words = 0;
@@ -176,7 +177,6 @@ impl LocalAgreement {
     /// The buffer was cut at a segment boundary behind which `still_in_buffer` committed words
     /// are still heard (exact, unlike [`Self::trimmed`]'s time estimate).
     pub fn trimmed_keeping(&mut self, still_in_buffer: usize) {
-        self.last_rejected = None;
         self.in_buffer = still_in_buffer.min(self.committed.len());
         self.passes_without_words = 0;
     }
@@ -476,6 +476,8 @@ mod tests {
         let mut p = LocalAgreement::default();
         heard_so_far(&mut p);
         assert_eq!(p.update(words(&format!("{misread} produced on me"), 0.0)), None);
+        // A stall cut just before the flush (at the stream's end) keeps it.
+        p.trimmed(1.0);
         let rest = p.flush();
         assert_eq!(texts(&rest), format!("{misread} produced on me").split_whitespace().collect::<Vec<_>>());
         // A rejected hypothesis that stops early adds nothing, and repeats nothing.

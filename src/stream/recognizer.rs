@@ -28,6 +28,13 @@ const RATE: f64 = 16_000.0;
 const WORD_CUT_AFTER_S: f64 = 6.0;
 /// How far before the estimated end of the final words that fallback cut is made.
 const WORD_CUT_MARGIN_S: f64 = 1.0;
+/// The least audio a stall's last-resort cut at the end of the final words drops.
+const LAST_RESORT_CUT_MIN_S: f64 = 0.5;
+/// How much audio must have come after the end of the final words before that cut is made:
+/// it can fall inside a word, so only a long stall is worth it ("It was" after a cut at
+/// "…The Timely Rescue." 1.8 s into a stall came out "New York. He was"); a shorter one at an
+/// utterance's end is heard by the end check (see [`END_CHECK_S`]).
+const LAST_RESORT_AFTER_S: f64 = 4.0;
 /// Decoding of a step stops past 10 + this many tokens per second of buffer: fast speech
 /// stays under 5 (timestamps included), a loop on a short buffer does not.
 const MAX_TOKENS_PER_SECOND: f64 = 6.0;
@@ -392,7 +399,23 @@ impl State<'_> {
             }
         }
         // No boundary after the buffer start (one segment so far).
-        self.cut_before_final_words_end()
+        self.cut_before_final_words_end() || self.cut_at_final_words_end()
+    }
+
+    /// A long stall's last resort, when the final words end too close to the buffer's start
+    /// for the cut a second before their end: cut at their estimated end itself. After one stall
+    /// cut had left "…Mark greet wished." at the start of the buffer, every pass ended
+    /// "Margaret wished." for 18 s of speech, which was lost. Returns whether it was cut.
+    fn cut_at_final_words_end(&mut self) -> bool {
+        let at = self.policy.committed_end();
+        if at - self.buffer.start() < LAST_RESORT_CUT_MIN_S || self.buffer.end() - at < LAST_RESORT_AFTER_S {
+            return false;
+        }
+        let cut = self.buffer.drain_before(at) > 0.0;
+        if cut {
+            self.policy.trimmed(self.buffer.start());
+        }
+        cut
     }
 
     /// The last hypothesis stays the one to agree with; its draft and segment are not reused.
