@@ -321,13 +321,7 @@ impl State<'_> {
         let t0 = Instant::now();
         let (tr, encoder_ms) = streaming_pass(self.t, self.buffer.samples(), &topts)?;
         let compute = t0.elapsed().as_secs_f64();
-        // Word times are spread over their segment in buffer time, then mapped to stream time: a
-        // segment can span the left-out gap after the context, which has no audio.
-        let to_stream = |w: Word| Word { start: self.buffer.to_stream(w.start), end: self.buffer.to_stream(w.end), ..w };
-        let words: Vec<Word> = segments_to_words(&tr.segments.iter().map(|s| (s.start, s.end, s.text.clone())).collect::<Vec<_>>())
-            .into_iter()
-            .map(to_stream)
-            .collect();
+        let words = self.stream_words(&tr, 0.0);
         let segs: Vec<(f64, f64, String)> =
             tr.segments.iter().map(|s| (self.buffer.to_stream(s.start), self.buffer.to_stream(s.end), s.text.clone())).collect();
         if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
@@ -539,7 +533,8 @@ impl State<'_> {
     fn hear_the_end_again(&mut self) -> Result<Vec<Word>> {
         let tail = (END_CHECK_S * RATE) as usize;
         if self.buffer.len() < tail + RATE as usize || self.policy.committed().is_empty() {
-            // The last pass heard little more than this one would.
+            // The last pass heard little more than this one would, or there are no final words
+            // to go on from.
             return Ok(Vec::new());
         }
         let offset = (self.buffer.len() - tail) as f64 / RATE;
@@ -557,12 +552,19 @@ impl State<'_> {
         if is_repetition_loop(&tr, &topts) {
             return Ok(Vec::new());
         }
+        let words = self.stream_words(&tr, offset);
+        Ok(self.policy.commit_continuation(&words))
+    }
+
+    /// The words of a transcript of the buffer's audio from `offset` seconds on, in stream time.
+    /// Word times are spread over their segment in buffer time, then mapped to stream time: a
+    /// segment can span the left-out gap after the context, which has no audio.
+    fn stream_words(&self, tr: &Transcript, offset: f64) -> Vec<Word> {
         let to_stream = |w: Word| Word { start: self.buffer.to_stream(offset + w.start), end: self.buffer.to_stream(offset + w.end), ..w };
-        let words: Vec<Word> = segments_to_words(&tr.segments.iter().map(|s| (s.start, s.end, s.text.clone())).collect::<Vec<_>>())
+        segments_to_words(&tr.segments.iter().map(|s| (s.start, s.end, s.text.clone())).collect::<Vec<_>>())
             .into_iter()
             .map(to_stream)
-            .collect();
-        Ok(self.policy.commit_continuation(&words))
+            .collect()
     }
 
     /// The voice gate closed: finish the utterance, or hold a short one open for more speech.
