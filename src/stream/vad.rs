@@ -79,9 +79,7 @@ impl Vad {
         }
         self.history.push_back(level_db);
         self.floor_db = self.history.iter().copied().fold(f64::INFINITY, f64::min).max(-100.0);
-        let (floor_db, min_level_db) = (self.floor_db, self.min_level_db);
-        let above_floor_by = |db: f64| level_db > floor_db + db && level_db > min_level_db;
-        let loud = above_floor_by(self.threshold_db);
+        let loud = level_db > self.floor_db + self.threshold_db && level_db > self.min_level_db;
         if self.recent.len() == 5 {
             self.recent.pop_front();
         }
@@ -91,7 +89,7 @@ impl Vad {
             self.speaking = true;
             self.quiet_frames = 0;
         } else if self.speaking {
-            if above_floor_by(self.continue_db) {
+            if level_db > self.floor_db + self.continue_db && level_db > self.min_level_db {
                 self.quiet_frames = 0;
             } else {
                 self.quiet_frames += 1;
