@@ -2,7 +2,7 @@
 //! `coda-asr live --input` end to end on a real clip and on noise.
 
 mod common;
-use coda_asr::stream::recognizer::streaming_pass;
+use coda_asr::stream::recognizer::{run_recognizer, streaming_pass, StreamOptions};
 use coda_asr::stream::source::{start_resampler, CaptureQueue};
 use coda_asr::stream::{Event, StreamStats};
 use coda_asr::transcribe::{TranscribeOptions, Transcriber};
@@ -167,6 +167,32 @@ fn live_replay_of_noise_gives_no_words() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(coda_asr::eval::normalize::normalize(&stdout).is_empty(), "{}: {stdout:?}", entry.id);
     }
+}
+
+#[test]
+fn a_recogniser_that_fell_behind_makes_no_words_of_noise() {
+    // All of 8 s of a running tap is queued before the recogniser starts, as when it falls
+    // behind: the voice gate opens on the noise's first seconds and closes, and the utterance's
+    // first pass is also its last, flushed without a second pass to agree. It read "I'm going
+    // to go to the next video." (a replay at `--speed 32` did the same).
+    let noise = common::speech_excerpt("audio/noise/sc_noise_running_tap.wav", 0.0, 8.0);
+    let (audio_tx, audio_rx) = crossbeam_channel::unbounded();
+    for block in noise.chunks(160) {
+        audio_tx.send(block.to_vec()).unwrap();
+    }
+    drop(audio_tx);
+    let (_control_tx, control_rx) = crossbeam_channel::unbounded();
+    let (events_tx, events_rx) = crossbeam_channel::unbounded();
+    let t = Transcriber::new(common::tiny_en());
+    run_recognizer(&t, audio_rx, control_rx, events_tx, StreamOptions::default(), Default::default()).unwrap();
+    let finals: Vec<String> = events_rx
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::Final { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert!(finals.iter().all(|f| coda_asr::eval::normalize::normalize(f).is_empty()), "{finals:?}");
 }
 
 /// A private PulseAudio server with a null sink, torn down on drop.

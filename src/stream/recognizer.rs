@@ -294,8 +294,9 @@ impl State<'_> {
         self.send(Event::Partial { text, start, end, emitted_at });
     }
 
-    /// Re-transcribe the buffer and commit what agrees.
-    fn process(&mut self) -> Result<()> {
+    /// Re-transcribe the buffer and commit what agrees. `last_of_utterance`: the utterance
+    /// ends after this pass, and what it hears becomes final without a second pass to agree.
+    fn process(&mut self, last_of_utterance: bool) -> Result<()> {
         if self.buffer.len() < 1600 {
             return Ok(());
         }
@@ -309,9 +310,11 @@ impl State<'_> {
             initial_prompt: (!committed_text.is_empty()).then_some(committed_text),
             // Until the utterance has words, its passes hear a fraction of a second and are often
             // in doubt, and the recheck's 30 s dense encode (about 0.3 s here) delayed the first
-            // partial by as much; the voice gate already keeps silence and steady noise out, and
-            // nothing becomes final before two passes agree on 3 s of audio.
-            whole_window_recheck: self.heard_words,
+            // partial by as much; nothing becomes final before two passes agree on 3 s of audio,
+            // and the second has the recheck. The utterance's last pass is flushed unagreed, so
+            // it always has it: a recogniser that fell behind ran its first pass on 5 s of a
+            // running tap, and "I'm going to go to the next video." became final.
+            whole_window_recheck: self.heard_words || last_of_utterance,
             draft: match &self.draft {
                 Some((tokens, start)) if *start == self.buffer.start() => tokens.clone(),
                 _ => Vec::new(),
@@ -512,7 +515,7 @@ impl State<'_> {
     fn finish_utterance(&mut self) -> Result<()> {
         self.held_since = None;
         if self.speech_in_buffer {
-            self.process()?;
+            self.process(true)?;
             let rest = self.policy.flush();
             self.emit_finals(rest);
             let heard_late = self.hear_the_end_again()?;
@@ -629,7 +632,7 @@ impl State<'_> {
     fn step_if_due(&mut self) -> Result<()> {
         let due = if self.heard_words { self.opts.step_s } else { self.opts.first_step_s };
         if self.speech_in_buffer && self.held_since.is_none() && !self.paused && self.since_step as f64 / RATE >= due {
-            self.process()?;
+            self.process(false)?;
         }
         Ok(())
     }
