@@ -2,7 +2,7 @@
 //! `coda-asr live --input` end to end on a real clip and on noise.
 
 mod common;
-use coda_asr::stream::recognizer::{run_recognizer, streaming_pass, StreamOptions};
+use coda_asr::stream::recognizer::{run_recognizer, simulate_recognizer, streaming_pass, StreamOptions};
 use coda_asr::stream::source::{start_resampler, CaptureQueue};
 use coda_asr::stream::{Event, StreamStats};
 use coda_asr::transcribe::{TranscribeOptions, Transcriber};
@@ -189,6 +189,43 @@ fn a_recogniser_that_fell_behind_makes_no_words_of_noise() {
         .try_iter()
         .filter_map(|e| match e {
             Event::Final { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert!(finals.iter().all(|f| coda_asr::eval::normalize::normalize(f).is_empty()), "{finals:?}");
+}
+
+/// Pink noise (Paul Kellet's filter of white noise), `seconds` long at 16 kHz, RMS about `rms`.
+fn pink_noise(seconds: f64, rms: f32, seed: u64) -> Vec<f32> {
+    let (mut state, mut b0, mut b1, mut b2) = (seed, 0.0f32, 0.0f32, 0.0f32);
+    (0..(seconds * 16_000.0) as usize)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let white = (state >> 40) as f32 / (1u64 << 23) as f32 * 2.0 - 1.0;
+            b0 = 0.99765 * b0 + white * 0.099046;
+            b1 = 0.963 * b1 + white * 0.2965164;
+            b2 = 0.57 * b2 + white * 1.0526913;
+            (b0 + b1 + b2 + white * 0.1848) * rms / 1.78
+        })
+        .collect()
+}
+
+#[test]
+fn bursts_of_noise_give_no_words() {
+    // 0.7 s bursts of pink noise, 1.3 s apart: the noise floor falls back to the silence
+    // between them, so each opens the energy gate, and Whisper read them as "you" in passes
+    // that pass its no-speech tests; nothing in them is voiced.
+    let mut audio = vec![0.0f32; 16_000];
+    for burst in 0..9 {
+        audio.extend(pink_noise(0.7, 0.063, burst));
+        audio.extend(std::iter::repeat_n(0.0f32, 20_800));
+    }
+    let t = Transcriber::new(common::tiny_en());
+    let events = simulate_recognizer(&t, &audio, StreamOptions::default()).unwrap();
+    let finals: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Final { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect();

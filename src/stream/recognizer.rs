@@ -46,6 +46,11 @@ const MIN_AGREEMENT_AUDIO_S: f64 = 3.0;
 /// When the voice gate closes on an utterance shorter than that, it stays open this long for
 /// more speech (no passes run meanwhile) before its words are made final on their own.
 const SHORT_UTTERANCE_HOLD_S: f64 = 2.0;
+/// Voiced frames (see [`Vad::voiced_frames`]) an utterance must have before any of its words
+/// become final; one with fewer is dropped when it ends. Bursts of pink noise had none and were
+/// read "you"; every stretch of speech the gate opened on in the tuning long files had 8 or
+/// more (at 30 ms a frame).
+const MIN_VOICED_FRAMES: u64 = 3;
 /// Hypotheses in a row that add no word while the voice gate stays open before the decoder
 /// is taken to be stuck at a sentence end (see [`State::unstick_if_stalled`]).
 const STALLED_STEPS: usize = 2;
@@ -238,6 +243,8 @@ struct State<'a> {
     heard_words: bool,
     /// Stream time where the current utterance's own audio (its pre-roll) starts.
     utterance_start: f64,
+    /// The voice gate's count of voiced frames when the current utterance started.
+    voiced_frames_before: u64,
     /// Stream time at which the voice gate closed on a short utterance that is held open for
     /// more speech (see [`SHORT_UTTERANCE_HOLD_S`]).
     held_since: Option<f64>,
@@ -330,7 +337,7 @@ impl State<'_> {
         if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
             let tm = &tr.timings;
             eprintln!(
-                "[{:.2}+{:.2}s step {step_audio:.2} r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}, rechecked {}, logprob {:.2}: {:?}",
+                "[{:.2}+{:.2}s step {step_audio:.2} r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}, rechecked {}, logprob {:.2}, no-speech {:.2}: {:?}",
                 self.buffer.start(),
                 self.buffer.len_s(),
                 tm.mel_ms,
@@ -340,6 +347,7 @@ impl State<'_> {
                 topts.draft.len(),
                 tm.whole_window_rechecks,
                 least_likely_segment(&tr),
+                tr.segments.iter().map(|s| s.no_speech_prob).fold(0.0, f64::max),
                 segs.iter().map(|(start, end, text)| format!("{start:.2}-{end:.2}{text}")).collect::<Vec<_>>()
             );
         }
@@ -353,7 +361,7 @@ impl State<'_> {
             return Ok(());
         }
         let hypothesis_words = words.len();
-        self.policy.hold_commits(self.buffer.end() - self.utterance_start < MIN_AGREEMENT_AUDIO_S);
+        self.policy.hold_commits(self.buffer.end() - self.utterance_start < MIN_AGREEMENT_AUDIO_S || !self.is_voiced());
         let Some(finals) = self.policy.update(words) else {
             // Nor is one that stopped before the words already final (see `update`).
             self.skip_hypothesis();
@@ -415,6 +423,11 @@ impl State<'_> {
         cut
     }
 
+    /// Whether the current utterance has enough voiced frames to be speech.
+    fn is_voiced(&self) -> bool {
+        self.vad.voiced_frames() - self.voiced_frames_before >= MIN_VOICED_FRAMES
+    }
+
     /// The last hypothesis stays the one to agree with; its draft and segment are not reused.
     fn skip_hypothesis(&mut self) {
         self.last_segment = None;
@@ -426,8 +439,10 @@ impl State<'_> {
         let len_s = self.buffer.len_s();
         if len_s > self.opts.max_buffer_s {
             // Nothing agreed for too long: make it final rather than grow past one window.
-            let rest = self.policy.flush();
-            self.emit_finals(rest);
+            if self.is_voiced() {
+                let rest = self.policy.flush();
+                self.emit_finals(rest);
+            }
             self.clear_buffer_keeping(0);
             return;
         }
@@ -501,9 +516,11 @@ impl State<'_> {
 
     /// Speech starts: the buffer holds the pre-roll; the previous utterance's last segment goes
     /// in front of it, and its words are known to be final already.
-    fn start_utterance(&mut self) {
+    /// `voiced_frames_before`: the voice gate's count before the audio that opened it.
+    fn start_utterance(&mut self, voiced_frames_before: u64) {
         self.heard_words = false;
         self.utterance_start = self.buffer.start();
+        self.voiced_frames_before = voiced_frames_before;
         if let Some((audio, at, words)) = self.context.take() {
             self.buffer.prepend(&audio, at);
             self.policy.trimmed_keeping(words);
@@ -514,7 +531,12 @@ impl State<'_> {
     /// pre-roll of audio stays, as while idle, for an utterance that starts right after.
     fn finish_utterance(&mut self) -> Result<()> {
         self.held_since = None;
-        if self.speech_in_buffer {
+        if self.speech_in_buffer && !self.is_voiced() {
+            // Noise, not speech: whatever the passes read in it is dropped.
+            self.policy.cleared();
+            self.emit_partial();
+            self.context = None;
+        } else if self.speech_in_buffer {
             self.process(true)?;
             let rest = self.policy.flush();
             self.emit_finals(rest);
@@ -597,12 +619,13 @@ impl State<'_> {
 
     fn push_piece(&mut self, chunk: &[f32]) -> Result<()> {
         let was_speaking = self.vad.is_speech();
+        let voiced_frames_before = self.vad.voiced_frames();
         let speech = self.vad.push(chunk);
         self.buffer.extend(chunk);
         self.since_step += chunk.len();
         if speech && !self.speech_in_buffer {
             self.speech_in_buffer = true;
-            self.start_utterance();
+            self.start_utterance(voiced_frames_before);
         }
         if !self.speech_in_buffer {
             // Idle: keep only a short pre-roll.
@@ -681,6 +704,7 @@ impl<'a> State<'a> {
             speech_in_buffer: false,
             heard_words: false,
             utterance_start: 0.0,
+            voiced_frames_before: 0,
             held_since: None,
             context: None,
             last_segment: None,
