@@ -48,8 +48,8 @@ const MIN_AGREEMENT_AUDIO_S: f64 = 3.0;
 const SHORT_UTTERANCE_HOLD_S: f64 = 2.0;
 /// Voiced frames (see [`Vad::voiced_frames`]) an utterance must have before any of its words
 /// become final; one with fewer is dropped when it ends. Bursts of pink noise had none and were
-/// read "you"; every stretch of speech the gate opened on in the tuning long files had 8 or
-/// more (at 30 ms a frame).
+/// read "you"; in the tuning long files every stretch the gate opened on had 8 or more (at
+/// 30 ms a frame) but a 1 s one between two sentences, with none.
 const MIN_VOICED_FRAMES: u64 = 3;
 /// Hypotheses in a row that add no word while the voice gate stays open before the decoder
 /// is taken to be stuck at a sentence end (see [`State::unstick_if_stalled`]).

@@ -38,7 +38,7 @@ pub struct Vad {
     floor_db: f64,
     history: std::collections::VecDeque<f64>,
     pending: Vec<f32>,
-    /// Whether each of the last 5 frames was loud and voiced.
+    /// Of each of the last 5 frames: whether it was loud, and whether it was loud and voiced.
     recent: std::collections::VecDeque<(bool, bool)>,
     speaking: bool,
     voiced_frames: u64,
@@ -191,7 +191,7 @@ mod tests {
         assert!(v.push(&burst));
     }
 
-    /// A vowel-like sound: a 120 Hz pulse train's first harmonics, decaying.
+    /// A vowel-like sound: a 120 Hz pitch and its first eight harmonics, at 1 / h.
     fn vowel(seconds: f64, amp: f32) -> Vec<f32> {
         (0..(seconds * 16_000.0) as usize)
             .map(|i| {
