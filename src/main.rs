@@ -136,6 +136,10 @@ struct DecodeArgs {
     /// the audio part is encoded and the padding comes from a cache of encoded silence).
     #[arg(long)]
     full_window: bool,
+    /// Decode windows with no voiced sound too (whispered speech). By default a window with
+    /// fewer than 3 voiced 30 ms frames is skipped as noise, which Whisper can read as words.
+    #[arg(long)]
+    transcribe_unvoiced: bool,
 }
 
 impl DecodeArgs {
@@ -156,6 +160,7 @@ impl DecodeArgs {
             audio_ctx: baseline == Some(Baseline::AudioCtx),
             silence_cache: !self.full_window,
             dense_rescue: baseline.is_none(),
+            skip_unvoiced_windows: !self.transcribe_unvoiced,
             ..Default::default()
         };
         if self.no_fallback {

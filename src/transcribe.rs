@@ -8,6 +8,7 @@ use crate::model::kernels::logsumexp;
 use crate::model::step::StepState;
 use crate::model::{silence, DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use crate::rng::Rng;
+use crate::stream::vad::{voiced_frames_in, MIN_VOICED_FRAMES};
 use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
@@ -86,6 +87,10 @@ pub struct TranscribeOptions {
     /// is decoded again from the whole window, densely, as openai/whisper would encode it.
     /// That costs a full 30 s encode; streaming skips it on an utterance's first passes.
     pub whole_window_recheck: bool,
+    /// A window with fewer than [`MIN_VOICED_FRAMES`] voiced frames is skipped as silence
+    /// without being decoded: Whisper's no-speech tests let bursts of noise through as "you"
+    /// or "I'm going to go to the next one." (see [`crate::stream::vad`]).
+    pub skip_unvoiced_windows: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -108,6 +113,7 @@ impl Default for TranscribeOptions {
             max_tokens_per_second: None,
             dense_rescue: true,
             whole_window_recheck: true,
+            skip_unvoiced_windows: true,
             draft: Vec::new(),
         }
     }
@@ -346,6 +352,12 @@ impl<'m> Transcriber<'m> {
             let time_offset = (seek * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let segment_size = CHUNK_FRAMES.min(content_frames - seek);
             let window_seconds = (segment_size * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
+            let window_audio = &audio[seek * HOP_LENGTH..((seek + segment_size) * HOP_LENGTH).min(audio.len())];
+            if opts.skip_unvoiced_windows && (voiced_frames_in(window_audio) as u64) < MIN_VOICED_FRAMES {
+                seek += segment_size;
+                progress(seek as f64 * HOP_LENGTH as f64 / SAMPLE_RATE as f64);
+                continue;
+            }
             let (features, stats) = self.encode_segment(&mel, seek, segment_size, opts)?;
             timings.encoder_ms += stats.ms;
             accumulate(&mut encoder_total, &stats);

@@ -79,6 +79,24 @@ fn silence_and_noise_give_no_words() {
 }
 
 #[test]
+fn bursts_of_noise_are_skipped_as_unvoiced() {
+    // 0.7 s of a running tap every 2 s: Whisper's no-speech tests let the window through, and
+    // it read "I'm going to go to the next one."; it has no voiced frame, so it is skipped.
+    let mut audio = Vec::new();
+    for burst in 0..9 {
+        let start = 1.0 + 2.0 * burst as f64;
+        audio.extend(common::speech_excerpt("audio/noise/sc_noise_running_tap.wav", start, start + 0.7));
+        audio.extend(std::iter::repeat_n(0.0f32, 20_800));
+    }
+    let t = Transcriber::new(common::tiny_en());
+    let decoded = t.transcribe(&audio, &TranscribeOptions { skip_unvoiced_windows: false, ..Default::default() }, &mut |_| {}).unwrap();
+    assert!(!decoded.text.trim().is_empty(), "the recorded failure no longer happens");
+    let tr = t.transcribe(&audio, &TranscribeOptions::default(), &mut |_| {}).unwrap();
+    assert!(tr.segments.is_empty(), "{:?}", tr.text);
+    assert_eq!(tr.timings.windows, 0, "nothing is encoded or decoded");
+}
+
+#[test]
 fn a_doubtful_short_buffer_is_rechecked_on_the_whole_window_unless_turned_off() {
     // The first 0.6 s of the LibriSpeech long file ("Replied he…"), as a streaming pass hears
     // it: on the block encoding Whisper is in doubt, so by default the window is decoded again

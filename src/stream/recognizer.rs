@@ -12,7 +12,7 @@
 use super::buffer::AudioBuffer;
 use super::controller::{BudgetController, EncoderCost};
 use super::policy::{segment_cut, segments_to_words, LocalAgreement, Word};
-use super::vad::Vad;
+use super::vad::{Vad, MIN_VOICED_FRAMES};
 use crate::model::EncodeOptions;
 use crate::transcribe::{TranscribeOptions, Transcriber, Transcript};
 use anyhow::Result;
@@ -46,11 +46,6 @@ const MIN_AGREEMENT_AUDIO_S: f64 = 3.0;
 /// When the voice gate closes on an utterance shorter than that, it stays open this long for
 /// more speech (no passes run meanwhile) before its words are made final on their own.
 const SHORT_UTTERANCE_HOLD_S: f64 = 2.0;
-/// Voiced frames (see [`Vad::voiced_frames`]) an utterance must have before any of its words
-/// become final; one with fewer is dropped when it ends. Bursts of pink noise had none and were
-/// read "you"; in the tuning long files every stretch the gate opened on had 8 or more (at
-/// 30 ms a frame) but a 1 s one between two sentences, with none.
-const MIN_VOICED_FRAMES: u64 = 3;
 /// Hypotheses in a row that add no word while the voice gate stays open before the decoder
 /// is taken to be stuck at a sentence end (see [`State::unstick_if_stalled`]).
 const STALLED_STEPS: usize = 2;
@@ -96,6 +91,9 @@ fn pass_options(r: f64) -> TranscribeOptions {
         // controller needs each pass to cost what r says (simulated at r = 4, the rescue
         // raised compute / audio 0.259 → 0.304 on the shared long files; README, CoDA).
         dense_rescue: false,
+        // The voice gate decides, on the utterance as a whole, not on a buffer that may hold
+        // only its first unvoiced consonant.
+        skip_unvoiced_windows: false,
         ..Default::default()
     }
 }
