@@ -18,8 +18,9 @@
 //! noise reached 0.86 at −0.91). Speech has voiced frames, periodic at a pitch of 70–400 Hz;
 //! noise has none. So the gate also counts voiced frames ([`Vad::voiced_frames`], YIN's
 //! cumulative-mean-normalised difference under 0.3, de Cheveigné & Kawahara 2002), and the
-//! recogniser makes nothing final from an utterance that has too few. Whispered speech has none
-//! either and is not transcribed.
+//! recogniser makes nothing final from an utterance that has too few; batch transcription
+//! skips a window that has too few ([`voiced_frames_in`]). Whispered speech has none either and
+//! is not transcribed.
 
 pub const FRAME: usize = 480; // 30 ms at 16 kHz
 /// Frames over which the floor is the minimum (2 s).
@@ -95,7 +96,7 @@ impl Vad {
         for &s in samples {
             self.pending.push(s);
             if self.pending.len() == FRAME {
-                let energy = self.pending.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / FRAME as f64;
+                let energy = mean_square(&self.pending);
                 let voiced = is_voiced(&self.pending);
                 self.pending.clear();
                 any |= self.frame(10.0 * energy.max(1e-12).log10(), voiced);
@@ -140,10 +141,11 @@ impl Vad {
 /// has many, noise none.
 pub fn voiced_frames_in(audio: &[f32]) -> usize {
     let min_energy = 10f64.powf(-5.0); // −50 dBFS
-    audio
-        .chunks_exact(FRAME)
-        .filter(|frame| frame.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / FRAME as f64 > min_energy && is_voiced(frame))
-        .count()
+    audio.chunks_exact(FRAME).filter(|frame| mean_square(frame) > min_energy && is_voiced(frame)).count()
+}
+
+fn mean_square(frame: &[f32]) -> f64 {
+    frame.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / frame.len() as f64
 }
 
 /// Whether a frame is periodic at a speech pitch: the minimum over the pitch periods of YIN's
