@@ -8,7 +8,7 @@ use crate::model::kernels::logsumexp;
 use crate::model::step::StepState;
 use crate::model::{silence, DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use crate::rng::Rng;
-use crate::stream::vad::{voiced_frames_in, MIN_VOICED_FRAMES};
+use crate::stream::vad::has_voiced_frames;
 use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
@@ -87,9 +87,9 @@ pub struct TranscribeOptions {
     /// is decoded again from the whole window, densely, as openai/whisper would encode it.
     /// That costs a full 30 s encode; streaming skips it on an utterance's first passes.
     pub whole_window_recheck: bool,
-    /// A window with fewer than [`MIN_VOICED_FRAMES`] voiced frames is skipped as silence
-    /// without being decoded: Whisper's no-speech tests let bursts of noise through as "you"
-    /// or "I'm going to go to the next one." (see [`crate::stream::vad`]).
+    /// A window with fewer than [`crate::stream::vad::MIN_VOICED_FRAMES`] voiced frames is
+    /// skipped as silence without being decoded: Whisper's no-speech tests let bursts of noise
+    /// through as "you" or "I'm going to go to the next one." (see [`crate::stream::vad`]).
     pub skip_unvoiced_windows: bool,
 }
 
@@ -353,7 +353,7 @@ impl<'m> Transcriber<'m> {
             let segment_size = CHUNK_FRAMES.min(content_frames - seek);
             let window_seconds = (segment_size * HOP_LENGTH) as f64 / SAMPLE_RATE as f64;
             let window_audio = &audio[seek * HOP_LENGTH..((seek + segment_size) * HOP_LENGTH).min(audio.len())];
-            if opts.skip_unvoiced_windows && (voiced_frames_in(window_audio) as u64) < MIN_VOICED_FRAMES {
+            if opts.skip_unvoiced_windows && !has_voiced_frames(window_audio) {
                 seek += segment_size;
                 progress(seek as f64 * HOP_LENGTH as f64 / SAMPLE_RATE as f64);
                 continue;

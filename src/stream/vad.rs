@@ -19,7 +19,7 @@
 //! noise has none. So the gate also counts voiced frames ([`Vad::voiced_frames`], YIN's
 //! cumulative-mean-normalised difference under 0.3, de Cheveigné & Kawahara 2002), and the
 //! recogniser makes nothing final from an utterance that has too few; batch transcription
-//! skips a window that has too few ([`voiced_frames_in`]). Whispered speech has none either and
+//! skips a window that has too few ([`has_voiced_frames`]). Whispered speech has none either and
 //! is not transcribed.
 
 pub const FRAME: usize = 480; // 30 ms at 16 kHz
@@ -137,11 +137,16 @@ impl Vad {
     }
 }
 
-/// The voiced frames (see [`is_voiced`]) above −50 dBFS in 16 kHz audio: a stretch of speech
-/// has many, noise none.
-pub fn voiced_frames_in(audio: &[f32]) -> usize {
+/// Whether 16 kHz audio has [`MIN_VOICED_FRAMES`] voiced frames (see [`is_voiced`]) above
+/// −50 dBFS: a stretch of speech has many, noise none. It stops at the last one it needs, so
+/// speech is told within its first syllables.
+pub fn has_voiced_frames(audio: &[f32]) -> bool {
     let min_energy = 10f64.powf(-5.0); // −50 dBFS
-    audio.chunks_exact(FRAME).filter(|frame| mean_square(frame) > min_energy && is_voiced(frame)).count()
+    audio
+        .chunks_exact(FRAME)
+        .filter(|frame| mean_square(frame) > min_energy && is_voiced(frame))
+        .nth(MIN_VOICED_FRAMES as usize - 1)
+        .is_some()
 }
 
 fn mean_square(frame: &[f32]) -> f64 {
