@@ -533,7 +533,6 @@ impl State<'_> {
             // Noise, not speech: whatever the passes read in it is dropped.
             self.policy.cleared();
             self.emit_partial();
-            self.context = None;
         } else if self.speech_in_buffer {
             self.process(true)?;
             let rest = self.policy.flush();
