@@ -47,7 +47,8 @@ const MIN_AGREEMENT_AUDIO_S: f64 = 3.0;
 /// more speech (no passes run meanwhile) before its words are made final on their own.
 const SHORT_UTTERANCE_HOLD_S: f64 = 2.0;
 /// Hypotheses in a row that add no word while the voice gate stays open before the decoder
-/// is taken to be stuck at a sentence end (see [`State::unstick_if_stalled`]).
+/// is taken to be stuck at a sentence end (see [`State::unstick_if_stalled`]); they must span
+/// this many steps of audio too, since an utterance's first passes come faster.
 const STALLED_STEPS: usize = 2;
 
 /// How much of the buffer's end is heard again when an utterance ends (see
@@ -80,6 +81,11 @@ pub fn streaming_pass(t: &Transcriber, audio: &[f32], opts: &TranscribeOptions) 
 }
 
 /// Decoding options every streaming pass shares, at reduction factor `r`.
+/// `CODA_ASR_DEBUG_STREAM` set: each pass, utterance and end check is traced on stderr.
+fn tracing() -> bool {
+    std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some()
+}
+
 fn pass_options(r: f64) -> TranscribeOptions {
     TranscribeOptions {
         condition_on_previous_text: false,
@@ -241,6 +247,8 @@ struct State<'a> {
     heard_words: bool,
     /// Stream time where the current utterance's own audio (its pre-roll) starts.
     utterance_start: f64,
+    /// Buffer end at the last pass that added words, or where the utterance started.
+    progress_at: f64,
     /// The voice gate's count of voiced frames when the current utterance started.
     voiced_frames_before: u64,
     /// Stream time at which the voice gate closed on a short utterance that is held open for
@@ -332,7 +340,7 @@ impl State<'_> {
         let words = self.stream_words(&tr, 0.0);
         let segs: Vec<(f64, f64, String)> =
             tr.segments.iter().map(|s| (self.buffer.to_stream(s.start), self.buffer.to_stream(s.end), s.text.clone())).collect();
-        if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
+        if tracing() {
             let tm = &tr.timings;
             eprintln!(
                 "[{:.2}+{:.2}s step {step_audio:.2} r={r}] mel {:.0} enc {:.0} dec {:.0} ms, {} tokens, draft {}, rechecked {}, logprob {:.2}, no-speech {:.2}: {:?}",
@@ -368,6 +376,9 @@ impl State<'_> {
         };
         self.draft = Some((tr.first_window_tokens.clone(), self.buffer.start()));
         self.heard_words |= !finals.is_empty() || !self.policy.partial().is_empty();
+        if self.policy.passes_without_words() == 0 {
+            self.progress_at = self.buffer.end();
+        }
         self.last_segment = segs.last().map(|(start, end, text)| (*start, *end, text.split_whitespace().count()));
         let segment_words: Vec<(f64, usize)> = segs.iter().map(|(_, end, text)| (*end, text.split_whitespace().count())).collect();
         self.cut = segment_cut(&segment_words, hypothesis_words - self.policy.partial().len());
@@ -393,7 +404,14 @@ impl State<'_> {
     /// boundary behind final words makes the next pass start close to the unheard speech.
     /// Returns whether the buffer was cut.
     fn unstick_if_stalled(&mut self) -> bool {
-        if self.policy.passes_without_words() < STALLED_STEPS || !self.vad.is_speech() {
+        // Counted in audio as well as passes: an utterance's first passes come every
+        // `first_step_s`, and two of them after the previous utterance's context, 0.4 s into
+        // new speech, cut into that context, and the utterance's first words were lost.
+        let stalled_for = self.buffer.end() - self.progress_at;
+        if self.policy.passes_without_words() < STALLED_STEPS
+            || stalled_for < STALLED_STEPS as f64 * self.opts.step_s
+            || !self.vad.is_speech()
+        {
             return false;
         }
         if let Some((at, final_before)) = self.boundary.take() {
@@ -518,7 +536,15 @@ impl State<'_> {
     fn start_utterance(&mut self, voiced_frames_before: u64) {
         self.heard_words = false;
         self.utterance_start = self.buffer.start();
+        self.progress_at = self.utterance_start;
         self.voiced_frames_before = voiced_frames_before;
+        if tracing() {
+            eprintln!(
+                "[utterance starts {:.2}] context {:?}",
+                self.buffer.start(),
+                self.context.as_ref().map(|(a, at, w)| (*at, a.len() as f64 / RATE, *w))
+            );
+        }
         if let Some((audio, at, words)) = self.context.take() {
             self.buffer.prepend(&audio, at);
             self.policy.trimmed_keeping(words);
@@ -529,6 +555,9 @@ impl State<'_> {
     /// pre-roll of audio stays, as while idle, for an utterance that starts right after.
     fn finish_utterance(&mut self) -> Result<()> {
         self.held_since = None;
+        if tracing() {
+            eprintln!("[utterance ends {:.2}] last segment {:?}", self.buffer.end(), self.last_segment);
+        }
         if self.speech_in_buffer && !self.is_voiced() {
             // Noise, not speech: whatever the passes read in it is dropped.
             self.policy.cleared();
@@ -568,7 +597,7 @@ impl State<'_> {
         // utterance, after the voice gate closed, not once per step of speech.
         self.stats.step_compute_ms += compute * 1e3;
         self.stats.compute_total_s += compute;
-        if std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some() {
+        if tracing() {
             eprintln!("[end check {:.2}+{END_CHECK_S:.2}s] {:?}", self.buffer.to_stream(offset), tr.text);
         }
         if is_repetition_loop(&tr, &topts) {
@@ -701,6 +730,7 @@ impl<'a> State<'a> {
             speech_in_buffer: false,
             heard_words: false,
             utterance_start: 0.0,
+            progress_at: 0.0,
             voiced_frames_before: 0,
             held_since: None,
             context: None,
