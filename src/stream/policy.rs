@@ -181,6 +181,16 @@ impl LocalAgreement {
         self.passes_without_words = 0;
     }
 
+    /// The speech ended at stream time `at`: no word ends later than that (word times are
+    /// spread over their segment, whose end can be the buffer's, after the speech).
+    pub fn end_words_by(&mut self, at: f64) {
+        let rejected = self.last_rejected.iter_mut().flatten();
+        for w in self.committed.iter_mut().rev().take_while(|w| w.end > at).chain(self.previous.iter_mut()).chain(rejected) {
+            w.start = w.start.min(at);
+            w.end = w.end.min(at);
+        }
+    }
+
     /// The buffer was emptied.
     pub fn cleared(&mut self) {
         self.in_buffer = 0;
@@ -692,6 +702,20 @@ mod tests {
         let rest = p.flush();
         assert_eq!(texts(&rest), ["epsilon"]);
         assert_eq!(texts(p.committed()), ["alpha", "beta", "gamma", "delta", "epsilon"]);
+    }
+
+    #[test]
+    fn no_word_ends_after_the_speech_did() {
+        let mut p = LocalAgreement::default();
+        p.update(words("and said to him", 0.0));
+        p.update(words("and said to him both to thee", 0.0));
+        // The segment ran into the hangover of silence: its last words' times say 2.5–3.4 s,
+        // but the gate heard the speech end at 2.2 s.
+        p.end_words_by(2.2);
+        let ends: Vec<f64> = p.committed().iter().chain(p.partial()).map(|w| w.end).collect();
+        assert_eq!(ends, [0.4, 0.9, 1.4, 1.9, 2.2, 2.2, 2.2]);
+        assert!(p.partial().iter().all(|w| w.start <= 2.2));
+        assert_eq!(p.committed_end(), 1.9);
     }
 
     #[test]

@@ -249,6 +249,9 @@ struct State<'a> {
     utterance_start: f64,
     /// Buffer end at the last pass that added words, or where the utterance started.
     progress_at: f64,
+    /// Where the voice gate last heard speech, once it has closed on the current utterance:
+    /// no word of it ends later (see [`Self::stream_words`]).
+    speech_ended_at: Option<f64>,
     /// The voice gate's count of voiced frames when the current utterance started.
     voiced_frames_before: u64,
     /// Stream time at which the voice gate closed on a short utterance that is held open for
@@ -537,6 +540,7 @@ impl State<'_> {
         self.heard_words = false;
         self.utterance_start = self.buffer.start();
         self.progress_at = self.utterance_start;
+        self.speech_ended_at = None;
         self.voiced_frames_before = voiced_frames_before;
         if tracing() {
             eprintln!(
@@ -563,6 +567,13 @@ impl State<'_> {
             self.policy.cleared();
             self.emit_partial();
         } else if self.speech_in_buffer {
+            // A segment's end is often the buffer's end, a hangover of silence after the speech:
+            // the final words' times would then put them there, and a stall cut "a second before
+            // their end" at the next utterance's start cut after them, not into them (see
+            // [`Self::cut_before_final_words_end`]).
+            if let Some(at) = self.speech_ended_at {
+                self.policy.end_words_by(at);
+            }
             self.process(true)?;
             let rest = self.policy.flush();
             self.emit_finals(rest);
@@ -610,8 +621,14 @@ impl State<'_> {
     /// The words of a transcript of the buffer's audio from `offset` seconds on, in stream time.
     /// Word times are spread over their segment in buffer time, then mapped to stream time: a
     /// segment can span the left-out gap after the context, which has no audio.
+    /// Once the gate has closed, no word ends after the speech did.
     fn stream_words(&self, tr: &Transcript, offset: f64) -> Vec<Word> {
-        let to_stream = |w: Word| Word { start: self.buffer.to_stream(offset + w.start), end: self.buffer.to_stream(offset + w.end), ..w };
+        let latest = self.speech_ended_at.unwrap_or(f64::INFINITY);
+        let to_stream = |w: Word| Word {
+            start: self.buffer.to_stream(offset + w.start).min(latest),
+            end: self.buffer.to_stream(offset + w.end).min(latest),
+            ..w
+        };
         segments_to_words(&tr.segments.iter().map(|s| (s.start, s.end, s.text.clone())).collect::<Vec<_>>())
             .into_iter()
             .map(to_stream)
@@ -621,6 +638,7 @@ impl State<'_> {
     /// The voice gate closed: finish the utterance, or hold a short one open for more speech.
     fn speech_stopped(&mut self) -> Result<()> {
         let speech_end = self.buffer.end() - self.opts.vad_hangover_s;
+        self.speech_ended_at = Some(speech_end);
         if speech_end - self.utterance_start < MIN_AGREEMENT_AUDIO_S {
             self.held_since = Some(self.buffer.end());
             return Ok(());
@@ -663,6 +681,7 @@ impl State<'_> {
             if speech {
                 // More speech: the held utterance goes on; its next pass hears both parts.
                 self.held_since = None;
+                self.speech_ended_at = None;
                 self.since_step = 0;
             } else if self.buffer.end() - closed_at >= SHORT_UTTERANCE_HOLD_S {
                 return self.finish_utterance();
@@ -731,6 +750,7 @@ impl<'a> State<'a> {
             heard_words: false,
             utterance_start: 0.0,
             progress_at: 0.0,
+            speech_ended_at: None,
             voiced_frames_before: 0,
             held_since: None,
             context: None,

@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn open_speech_stays_open_while_a_phrase_is_quieter_than_the_opening_threshold() {
         let mut v = Vad::new(0.5);
-        let mut feed = |v: &mut Vad, level: f64, frames: usize| (0..frames).map(|_| v.frame(level, false)).last().unwrap();
+        let feed = |v: &mut Vad, level: f64, frames: usize| (0..frames).map(|_| v.frame(level, false)).last().unwrap();
         feed(&mut v, -40.0, 70); // the floor: noise at −40 dBFS
         assert!(!feed(&mut v, -30.0, 10), "10 dB above the floor does not open the gate");
         assert!(feed(&mut v, -20.0, 5), "20 dB above it does");
