@@ -6,7 +6,7 @@ use coda_asr::device::{DTypeChoice, DeviceChoice};
 use coda_asr::eval;
 use coda_asr::model::{import::import_ct2_dir, resolve_model_dir, EncodeOptions, WhisperModel, DEFAULT_MODEL};
 use coda_asr::output::{render, Format};
-use coda_asr::stream::StreamOptions;
+use coda_asr::stream::{vad::MIN_VOICED_FRAMES, StreamOptions};
 use coda_asr::transcribe::{Task, TranscribeOptions, Transcriber};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -274,6 +274,11 @@ struct StreamArgs {
     /// trade accuracy for compute.
     #[arg(long, default_value_t = 1.0)]
     max_reduction: f64,
+    /// Transcribe utterances with no voiced sound too (whispered speech). By default an
+    /// utterance with fewer than 3 voiced 30 ms frames is dropped as noise, which Whisper can
+    /// read as words.
+    #[arg(long)]
+    transcribe_unvoiced: bool,
 }
 
 impl StreamArgs {
@@ -297,6 +302,7 @@ impl StreamArgs {
             fixed_reduction: self.reduction,
             reductions,
             speed,
+            min_voiced_frames: if self.transcribe_unvoiced { 0 } else { MIN_VOICED_FRAMES },
             ..Default::default()
         }
     }

@@ -168,6 +168,9 @@ pub struct StreamOptions {
     pub context_s: f64,
     /// Playback speed of a replayed file (1 for a microphone): converts wall time to audio time.
     pub speed: f64,
+    /// Voiced frames an utterance needs before its words can be final (0 for whispered speech,
+    /// which has none; see [`MIN_VOICED_FRAMES`]).
+    pub min_voiced_frames: u64,
 }
 
 impl Default for StreamOptions {
@@ -185,6 +188,7 @@ impl Default for StreamOptions {
             preroll_s: 0.4,
             context_s: 8.0,
             speed: 1.0,
+            min_voiced_frames: MIN_VOICED_FRAMES,
         }
     }
 }
@@ -444,7 +448,7 @@ impl State<'_> {
 
     /// Whether the current utterance has enough voiced frames to be speech.
     fn is_voiced(&self) -> bool {
-        self.vad.voiced_frames() - self.voiced_frames_before >= MIN_VOICED_FRAMES
+        self.vad.voiced_frames() - self.voiced_frames_before >= self.opts.min_voiced_frames
     }
 
     /// The last hypothesis stays the one to agree with; its draft and segment are not reused.
