@@ -97,9 +97,12 @@ impl AudioBuffer {
         (self.samples[a..b].to_vec(), self.to_stream(a as f64 / RATE))
     }
 
-    /// Put `context` (which ended before the buffer's audio starts, at stream time
-    /// `context_start`) in front, leaving out the gap between them.
+    /// Put `context` (audio from stream time `context_start`) in front, leaving out the gap
+    /// between them. Context that runs into the buffer's own audio is cut where that starts:
+    /// the previous utterance's context is taken as it ends, and the pre-roll that stays may
+    /// hold its last moments, which an utterance starting right after would hear twice.
     pub fn prepend(&mut self, context: &[f32], context_start: f64) {
+        let context = &context[..context.len().min(((self.start - context_start) * RATE).max(0.0) as usize)];
         if context.is_empty() || self.splice.is_some() {
             return;
         }
@@ -139,6 +142,19 @@ mod tests {
         assert!((b.drain_before(21.5) - 2.5).abs() < 1e-9, "1 s of context and 1.5 s after the gap");
         assert!((b.start() - 21.5).abs() < 1e-9);
         assert!((b.to_stream(1.0) - 22.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn context_that_runs_into_the_buffer_is_heard_once() {
+        // The buffer's pre-roll starts at 20 s; the context, 10–20.3 s, holds its first 0.3 s.
+        let mut b = buffer_at(20.0, 3.0);
+        let context: Vec<f32> = (0..164_800).map(|i| i as f32).collect();
+        b.prepend(&context, 10.0);
+        assert_eq!(b.len_s(), 13.0);
+        assert_eq!(b.samples()[159_999], 159_999.0, "the context up to 20 s");
+        assert_eq!(b.samples()[160_000], 0.0, "then the buffer's own audio");
+        assert!((b.to_stream(10.5) - 20.5).abs() < 1e-9);
+        assert!((b.end() - 23.0).abs() < 1e-9);
     }
 
     #[test]
