@@ -59,17 +59,25 @@ const END_CHECK_S: f64 = 5.0;
 /// `logprob_threshold`) is decoded again without the prompt.
 const UNLIKELY_LOGPROB: f64 = -1.0;
 
+/// A pass over a buffer of speech that reads fewer words than one per this many seconds of it
+/// is decoded again without the prompt (see [`streaming_pass`]); speech runs at 2–3 words a
+/// second, and the buffer's pauses are under the voice gate's hangover.
+const SECONDS_PER_WORD_AT_LEAST: f64 = 4.0;
+
 /// One pass over the buffer, prompted with the committed text. The prompt can derail a pass:
 /// after a committed "…Chapter 7 The", the buffer "Timely Rescue. It was no pleasant thought…"
 /// came out as "The", pass after pass; after "…Chapter 16 A Girl and a Bit of Lowestoft.", a
 /// noisy buffer came out as "Girl and a Girl and a …", confidently (log-probability −0.1),
-/// pass after pass for 28 s. Whisper's own fallback drops the prompt when it retries a decode;
-/// so does this, once, when the reading is unlikely or a repetition loop, and keeps the better
-/// one: a reading that is no loop over a loop, else the likelier. Returns the transcript and
-/// the encoder time of every decode it took.
+/// pass after pass for 28 s; 13 s of the shared LJ Speech file came out as "the", likely
+/// enough (−0.65), pass after pass until the stream ended. Whisper's own fallback drops the
+/// prompt when it retries a decode; so does this, once, when the reading is unlikely, a
+/// repetition loop or far too short for the audio, and keeps the better one: a reading that
+/// is neither loop nor too short over one that is, else the likelier. Returns the transcript
+/// and the encoder time of every decode it took.
 pub fn streaming_pass(t: &Transcriber, audio: &[f32], opts: &TranscribeOptions) -> Result<(Transcript, f64)> {
     let first = t.transcribe(audio, opts, &mut |_| {})?;
-    let first_reading = Reading::of(&first, opts);
+    let audio_s = audio.len() as f64 / RATE;
+    let first_reading = Reading::of(&first, opts, audio_s);
     if opts.initial_prompt.is_none() || first_reading.is_sound() {
         let encoder_ms = first.timings.encoder_ms;
         return Ok((first, encoder_ms));
@@ -77,15 +85,15 @@ pub fn streaming_pass(t: &Transcriber, audio: &[f32], opts: &TranscribeOptions) 
     let bare = TranscribeOptions { initial_prompt: None, draft: Vec::new(), ..opts.clone() };
     let retry = t.transcribe(audio, &bare, &mut |_| {})?;
     let encoder_ms = first.timings.encoder_ms + retry.timings.encoder_ms;
-    Ok((if Reading::of(&retry, opts).replaces(&first_reading) { retry } else { first }, encoder_ms))
+    Ok((if Reading::of(&retry, opts, audio_s).replaces(&first_reading) { retry } else { first }, encoder_ms))
 }
 
-/// Decoding options every streaming pass shares, at reduction factor `r`.
 /// `CODA_ASR_DEBUG_STREAM` set: each pass, utterance and end check is traced on stderr.
 fn tracing() -> bool {
     std::env::var_os("CODA_ASR_DEBUG_STREAM").is_some()
 }
 
+/// Decoding options every streaming pass shares, at reduction factor `r`.
 fn pass_options(r: f64) -> TranscribeOptions {
     TranscribeOptions {
         condition_on_previous_text: false,
@@ -109,25 +117,39 @@ fn pass_options(r: f64) -> TranscribeOptions {
 struct Reading {
     has_segments: bool,
     is_loop: bool,
+    /// Under one word per [`SECONDS_PER_WORD_AT_LEAST`] of a buffer that long or longer: the
+    /// voice gate heard speech in it all along, so the decoder stopped early.
+    too_short: bool,
     /// The lowest mean token log-probability of its segments (0 when it has none).
     least_logprob: f64,
 }
 
 impl Reading {
-    fn of(tr: &Transcript, opts: &TranscribeOptions) -> Self {
-        Self { has_segments: !tr.segments.is_empty(), is_loop: is_repetition_loop(tr, opts), least_logprob: least_likely_segment(tr) }
+    fn of(tr: &Transcript, opts: &TranscribeOptions, audio_s: f64) -> Self {
+        let words: usize = tr.segments.iter().map(|s| s.text.split_whitespace().count()).sum();
+        Self {
+            has_segments: !tr.segments.is_empty(),
+            is_loop: is_repetition_loop(tr, opts),
+            too_short: audio_s >= SECONDS_PER_WORD_AT_LEAST && (words as f64) < audio_s / SECONDS_PER_WORD_AT_LEAST,
+            least_logprob: least_likely_segment(tr),
+        }
     }
 
-    /// Likely enough and no loop: no retry needed.
+    /// Likely enough, no loop and not too short: no retry needed.
     fn is_sound(&self) -> bool {
-        self.least_logprob >= UNLIKELY_LOGPROB && !self.is_loop
+        self.least_logprob >= UNLIKELY_LOGPROB && !self.is_loop && !self.too_short
+    }
+
+    /// Failed in a way the log-probability does not show.
+    fn is_broken(&self) -> bool {
+        self.is_loop || self.too_short
     }
 
     /// Whether this retry is the better reading of the audio `first` was decoded from.
     fn replaces(&self, first: &Reading) -> bool {
         // A silent retry (no segments) says nothing about the audio the first pass heard words in.
         self.has_segments
-            && match (first.is_loop, self.is_loop) {
+            && match (first.is_broken(), self.is_broken()) {
                 (true, false) => true,
                 (false, true) => false,
                 _ => self.least_logprob > first.least_logprob,
@@ -845,7 +867,7 @@ mod tests {
     use super::Reading;
 
     fn reading(has_segments: bool, is_loop: bool, least_logprob: f64) -> Reading {
-        Reading { has_segments, is_loop, least_logprob }
+        Reading { has_segments, is_loop, too_short: false, least_logprob }
     }
 
     #[test]
@@ -863,5 +885,13 @@ mod tests {
         assert!(reading(true, false, -0.4).replaces(&reading(true, false, -1.1)));
         // A retry that hears nothing never replaces words.
         assert!(!reading(false, false, 0.0).replaces(&confident_loop));
+    }
+
+    #[test]
+    fn a_prompted_reading_far_too_short_for_its_audio_is_retried_like_a_loop() {
+        let the = Reading { too_short: true, ..reading(true, false, -0.65) };
+        assert!(!the.is_sound());
+        assert!(reading(true, false, -0.9).replaces(&the));
+        assert!(!Reading { too_short: true, ..reading(true, false, -0.1) }.replaces(&reading(true, false, -0.9)));
     }
 }
