@@ -97,6 +97,19 @@ fn bursts_of_noise_are_skipped_as_unvoiced() {
 }
 
 #[test]
+fn sine_sweeps_are_skipped_as_unvoiced() {
+    // Periodic, so YIN alone took them for a voice, and Whisper read "I'll see you later.";
+    // nearly all their energy is in one spectral peak, so they are not voiced.
+    let audio = common::sine_sweeps(2);
+    let t = Transcriber::new(common::tiny_en());
+    let decoded = t.transcribe(&audio, &TranscribeOptions { skip_unvoiced_windows: false, ..Default::default() }, &mut |_| {}).unwrap();
+    assert!(!decoded.text.trim().is_empty(), "the recorded failure no longer happens");
+    let tr = t.transcribe(&audio, &TranscribeOptions::default(), &mut |_| {}).unwrap();
+    assert!(tr.segments.is_empty(), "{:?}", tr.text);
+    assert_eq!(tr.timings.windows, 0, "nothing is encoded or decoded");
+}
+
+#[test]
 fn a_doubtful_short_buffer_is_rechecked_on_the_whole_window_unless_turned_off() {
     // The first 0.6 s of the LibriSpeech long file ("Replied he…"), as a streaming pass hears
     // it: on the block encoding Whisper is in doubt, so by default the window is decoded again

@@ -59,3 +59,20 @@ pub fn tiny_en() -> &'static WhisperModel {
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_coda-asr")
 }
+
+/// Sine sweeps, the tonal sound the voice gate used to take for a voice: `count` times a
+/// second of silence and 5 s of a sine rising linearly from 300 to 3000 Hz at half of full
+/// scale, then a second of silence.
+pub fn sine_sweeps(count: usize) -> Vec<f32> {
+    let (seconds, from, to) = (5.0f64, 300.0f64, 3000.0f64);
+    let mut audio = Vec::new();
+    for _ in 0..count {
+        audio.extend(std::iter::repeat_n(0.0f32, 16_000));
+        audio.extend((0..(seconds * 16_000.0) as usize).map(|i| {
+            let t = i as f64 / 16_000.0;
+            (0.5 * (2.0 * std::f64::consts::PI * (from * t + (to - from) * t * t / (2.0 * seconds))).sin()) as f32
+        }));
+    }
+    audio.extend(std::iter::repeat_n(0.0f32, 16_000));
+    audio
+}
