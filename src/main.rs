@@ -332,6 +332,12 @@ struct StreamBenchArgs {
     /// algorithmic part only, and --speed is ignored).
     #[arg(long)]
     simulate: bool,
+    /// Run every file once per offset, each time after that many milliseconds of silence,
+    /// and report the mean and spread of streaming and batch WER. A shift of a few
+    /// milliseconds moves where the recogniser's passes and batch's windows fall in the
+    /// speech, and on two files that alone moves either WER by a point or more.
+    #[arg(long, value_delimiter = ',')]
+    offsets_ms: Vec<f64>,
     #[command(flatten)]
     stream: StreamArgs,
     /// Write the full report here.
@@ -720,66 +726,96 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
 }
 
 fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
-    use coda_asr::stream::bench::{percentile, read_segments, replay_file, rss_mb, score_replay, speech_onset_s};
+    use coda_asr::stream::bench::{mean_and_sd, percentile, read_segments, replay_file, rss_mb, score_replay, speech_onset_s, Utterance};
     use coda_asr::stream::recognizer::simulate_recognizer;
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
     let entries = eval::read_manifest(&args.manifest)?;
     let segments = read_segments(&args.segments)?;
     let opts = args.stream.options(&model, 1.0);
-    let rss_start = rss_mb();
-    let mut reports = Vec::new();
-    let mut batch = Vec::new();
-    for lap in 0..args.loops {
-        for e in &entries {
-            let utterances = segments.get(&e.id).with_context(|| format!("{}: no segments for {}", args.segments.display(), e.id))?;
-            let audio = coda_asr::audio::load_mono_16k(&e.wav)?;
-            let onset = speech_onset_s(&audio);
-            let events = if args.simulate {
-                simulate_recognizer(&transcriber, &audio, opts.clone())?
-            } else {
-                replay_file(&transcriber, &e.wav, args.speed, opts.clone())?
-            };
-            let r = score_replay(&e.id, &events, utterances, onset, rss_start);
-            eprintln!(
-                "lap {lap} {}: streaming WER {:.2}%, latency median {:.2} s p90 {:.2} s, first partial {:.2} s after speech at {:.2} s, compute/audio {:.2}, r {:.1}, RSS {:.0} MB",
-                e.id,
-                r.streaming_wer,
-                percentile(&r.latencies_s, 0.5),
-                percentile(&r.latencies_s, 0.9),
-                r.first_partial_after_speech_s.unwrap_or(f64::NAN),
-                onset,
-                r.compute_over_audio,
-                r.mean_reduction,
-                r.rss_end_mb
-            );
-            reports.push(r);
-        }
+    let offsets_ms = if args.offsets_ms.is_empty() { vec![0.0] } else { args.offsets_ms.clone() };
+    if let Some(bad) = offsets_ms.iter().find(|&&ms| !(0.0..=60_000.0).contains(&ms)) {
+        bail!("--offsets-ms {bad}: must be between 0 and 60000");
     }
-    // Batch WER of the same files with the same encoder, for the streaming-vs-batch gap.
     let batch_opts = TranscribeOptions {
         encode: EncodeOptions { reduction: args.stream.reduction.unwrap_or(opts.start_reduction) },
         ..Default::default()
     };
-    for e in &entries {
-        let audio = coda_asr::audio::load_mono_16k(&e.wav)?;
-        let tr = transcriber.transcribe(&audio, &batch_opts, &mut |_| {})?;
-        let reference: String = segments[&e.id].iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
-        batch.push((e.id.clone(), eval::score(&reference, &tr.text), tr.text));
+    let rss_start = rss_mb();
+    // One entry per (lap, offset, file), in that order.
+    let mut reports = Vec::new();
+    // Per offset: streaming (first lap) and batch error counts of all files together.
+    let mut per_offset = Vec::new();
+    let mut batch = Vec::new();
+    for lap in 0..args.loops {
+        for &offset_ms in &offsets_ms {
+            let mut stream_counts = eval::ErrorCounts::default();
+            let mut batch_counts = eval::ErrorCounts::default();
+            for e in &entries {
+                let utterances = segments.get(&e.id).with_context(|| format!("{}: no segments for {}", args.segments.display(), e.id))?;
+                let mut audio = vec![0.0f32; (offset_ms * 16.0).round() as usize];
+                let offset_s = audio.len() as f64 / 16_000.0;
+                audio.extend(coda_asr::audio::load_mono_16k(&e.wav)?);
+                let utterances: Vec<Utterance> =
+                    utterances.iter().map(|u| Utterance { start_s: u.start_s + offset_s, end_s: u.end_s + offset_s, ..u.clone() }).collect();
+                let reference: String = utterances.iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
+                let onset = speech_onset_s(&audio);
+                let events = if args.simulate {
+                    simulate_recognizer(&transcriber, &audio, opts.clone())?
+                } else {
+                    replay_file(&transcriber, &e.wav, offset_s, args.speed, opts.clone())?
+                };
+                let r = score_replay(&e.id, &events, &utterances, onset, rss_start);
+                eprintln!(
+                    "lap {lap}{} {}: streaming WER {:.2}%, latency median {:.2} s p90 {:.2} s, first partial {:.2} s after speech at {:.2} s, compute/audio {:.2}, r {:.1}, RSS {:.0} MB",
+                    if args.offsets_ms.is_empty() { String::new() } else { format!(" offset {offset_ms} ms") },
+                    e.id,
+                    r.streaming_wer,
+                    percentile(&r.latencies_s, 0.5),
+                    percentile(&r.latencies_s, 0.9),
+                    r.first_partial_after_speech_s.unwrap_or(f64::NAN),
+                    onset,
+                    r.compute_over_audio,
+                    r.mean_reduction,
+                    r.rss_end_mb
+                );
+                if lap == 0 {
+                    stream_counts.add(&eval::score(&reference, &r.finals));
+                    // Batch WER of the same audio with the same encoder, for the gap.
+                    let tr = transcriber.transcribe(&audio, &batch_opts, &mut |_| {})?;
+                    let counts = eval::score(&reference, &tr.text);
+                    batch_counts.add(&counts);
+                    batch.push(serde_json::json!({"id": e.id, "offset_ms": offset_ms, "wer": counts.wer(), "text": tr.text}));
+                }
+                let mut report = serde_json::to_value(&r)?;
+                report["offset_ms"] = offset_ms.into();
+                reports.push((r, report));
+            }
+            if lap == 0 {
+                per_offset.push((offset_ms, stream_counts.wer(), batch_counts.wer()));
+            }
+        }
     }
-    let latencies: Vec<f64> = reports.iter().flat_map(|r| r.latencies_s.iter().copied()).collect();
-    let mut stream_counts = eval::ErrorCounts::default();
-    for r in &reports[..entries.len()] {
-        let reference: String = segments[&r.file].iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
-        stream_counts.add(&eval::score(&reference, &r.finals));
+    let latencies: Vec<f64> = reports.iter().flat_map(|(r, _)| r.latencies_s.iter().copied()).collect();
+    let first_partials: Vec<f64> = reports.iter().filter_map(|(r, _)| r.first_partial_after_speech_s).collect();
+    let audio: f64 = reports.iter().map(|(r, _)| r.audio_s).sum();
+    let compute: f64 = reports.iter().map(|(r, _)| r.compute_over_audio * r.audio_s).sum();
+    let stream_wers: Vec<f64> = per_offset.iter().map(|o| o.1).collect();
+    let batch_wers: Vec<f64> = per_offset.iter().map(|o| o.2).collect();
+    let gaps: Vec<f64> = per_offset.iter().map(|o| o.1 - o.2).collect();
+    if per_offset.len() > 1 {
+        println!("| offset (ms) | streaming WER % | batch WER % | gap |\n| ---: | ---: | ---: | ---: |");
+        for (offset_ms, stream_wer, batch_wer) in &per_offset {
+            println!("| {offset_ms} | {stream_wer:.2} | {batch_wer:.2} | {:+.2} |", stream_wer - batch_wer);
+        }
+        println!();
     }
-    let mut batch_counts = eval::ErrorCounts::default();
-    for (_, c, _) in &batch {
-        batch_counts.add(c);
-    }
-    let first_partials: Vec<f64> = reports.iter().filter_map(|r| r.first_partial_after_speech_s).collect();
-    let audio: f64 = reports.iter().map(|r| r.audio_s).sum();
-    let compute: f64 = reports.iter().map(|r| r.compute_over_audio * r.audio_s).sum();
+    // With several offsets: their mean, ± the standard deviation across them.
+    let spread = |values: &[f64], signed: bool| {
+        let (mean, sd) = mean_and_sd(values);
+        let mean = if signed { format!("{mean:+.2}") } else { format!("{mean:.2}") };
+        if values.len() > 1 { format!("{mean} ± {sd:.2}") } else { mean }
+    };
     println!("| metric | value |\n| --- | --- |");
     println!("| model / encoder | {} {} |", model.name(), if model.coda.is_some() { "CoDA" } else { "dense" });
     println!("| utterances | {} |", latencies.len());
@@ -790,19 +826,20 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
         percentile(&latencies, 0.9)
     );
     println!("| first partial after speech starts (s, worst) | {:.2} |", first_partials.iter().copied().fold(0.0, f64::max));
-    println!("| streaming WER % (first lap) | {:.2} |", stream_counts.wer());
-    println!("| batch WER % (same files, same encoder) | {:.2} |", batch_counts.wer());
+    let over_offsets = if per_offset.len() > 1 { format!(", mean ± sd over {} offsets", per_offset.len()) } else { String::new() };
+    println!("| streaming WER % (first lap{over_offsets}) | {} |", spread(&stream_wers, false));
+    println!("| batch WER % (same files, same encoder{over_offsets}) | {} |", spread(&batch_wers, false));
+    if per_offset.len() > 1 {
+        println!("| streaming − batch WER (points{over_offsets}) | {} |", spread(&gaps, true));
+    }
     println!("| compute / audio | {:.3} |", compute / audio.max(1e-9));
-    println!("| mean r | {:.2} |", reports.iter().map(|r| r.mean_reduction).sum::<f64>() / reports.len().max(1) as f64);
-    println!("| dropped samples | {} |", reports.iter().map(|r| r.dropped_samples).sum::<u64>());
+    println!("| mean r | {:.2} |", reports.iter().map(|(r, _)| r.mean_reduction).sum::<f64>() / reports.len().max(1) as f64);
+    println!("| dropped samples | {} |", reports.iter().map(|(r, _)| r.dropped_samples).sum::<u64>());
     println!("| resident memory start → end (MB) | {:.0} → {:.0} |", rss_start, rss_mb());
     if let Some(path) = &args.json {
-        std::fs::write(
-            path,
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "replays": reports, "batch": batch.iter().map(|(id, c, text)| serde_json::json!({"id": id, "wer": c.wer(), "text": text})).collect::<Vec<_>>() }),
-            )?,
-        )?;
+        let replays: Vec<&serde_json::Value> = reports.iter().map(|(_, json)| json).collect();
+        std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "replays": replays, "batch": batch }))?)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -107,3 +107,41 @@ fn train_refuses_bad_mix_options() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!dir.path().join("adapters").exists(), "a refused run must not write adapters");
 }
+
+#[test]
+fn stream_bench_reports_each_offset_and_the_spread() {
+    // One real clip, simulated, from its start and after 130 ms of silence.
+    let dir = tempfile::tempdir().unwrap();
+    let wav = common::speech_dir().join("audio/librispeech_train_clean_100/4214-7146-0000.wav");
+    let reference = "DIANA IS INVITED TO TEA WITH TRAGIC RESULTS OCTOBER WAS A BEAUTIFUL MONTH AT GREEN GABLES";
+    let manifest = dir.path().join("clip.tsv");
+    common::write_manifest(&manifest, "id\twav\tduration_s\treference", &[format!("clip\t{}\t7.000\t{reference}", wav.display())]);
+    let segments = dir.path().join("segments.json");
+    let utterance = serde_json::json!({"clip": [{"id": "clip-0", "start_s": 0.0, "end_s": 7.0, "reference": reference}]});
+    std::fs::write(&segments, utterance.to_string()).unwrap();
+    let json = dir.path().join("report.json");
+    let output = Command::new(common::binary())
+        .args(["stream-bench", "--simulate", "--dense", "--offsets-ms", "0,130", "--manifest"])
+        .arg(&manifest)
+        .arg("--segments")
+        .arg(&segments)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("| 0 |") && stdout.contains("| 130 |"), "{stdout}");
+    assert!(stdout.contains("mean ± sd over 2 offsets"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let replays = report["replays"].as_array().unwrap();
+    assert_eq!(replays.len(), 2);
+    assert_eq!(report["batch"].as_array().unwrap().len(), 2);
+    // The second replay heard the clip 130 ms later, and was scored against times moved as much.
+    let onset = |r: &serde_json::Value| r["speech_onset_s"].as_f64().unwrap();
+    assert!((onset(&replays[1]) - onset(&replays[0]) - 0.13).abs() < 0.011, "{replays:?}");
+    for r in replays {
+        assert!(r["streaming_wer"].as_f64().unwrap() < 20.0, "{r}");
+        assert_eq!(r["latencies_s"].as_array().unwrap().len(), 1);
+    }
+}

@@ -4,7 +4,7 @@
 //! and resident memory over the run.
 
 use super::recognizer::{run_recognizer, Event, StreamOptions};
-use super::source::{start_file_replay, start_resampler};
+use super::source::{start_replay, start_resampler};
 use crate::transcribe::Transcriber;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -12,11 +12,15 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Replay one file through capture → resample → recogniser and collect every event.
-pub fn replay_file(t: &Transcriber, path: &Path, speed: f64, mut opts: StreamOptions) -> Result<Vec<Event>> {
+/// Replay one file, after `leading_silence_s` of silence, through capture → resample →
+/// recogniser and collect every event.
+pub fn replay_file(t: &Transcriber, path: &Path, leading_silence_s: f64, speed: f64, mut opts: StreamOptions) -> Result<Vec<Event>> {
     opts.speed = speed;
     let stop = Arc::new(AtomicBool::new(false));
-    let (replay, queue) = start_file_replay(path, speed, stop)?;
+    let mut decoded = crate::audio::decode_file(path)?;
+    let silence = (leading_silence_s * decoded.sample_rate as f64).round() as usize * decoded.channels;
+    decoded.samples.splice(0..0, std::iter::repeat_n(0.0, silence));
+    let (replay, queue) = start_replay(decoded, speed, stop)?;
     let (audio_tx, audio_rx) = crossbeam_channel::unbounded();
     let resampler = start_resampler(queue.clone(), audio_tx)?;
     let (_control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -63,6 +67,16 @@ pub fn rss_mb() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok()))
         .map_or(0.0, |pages| pages * 4096.0 / 1e6)
+}
+
+/// Mean and (population) standard deviation; zeros for no values.
+pub fn mean_and_sd(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    (mean, (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt())
 }
 
 pub fn percentile(values: &[f64], p: f64) -> f64 {

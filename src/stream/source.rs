@@ -145,7 +145,11 @@ pub fn start_capture(device: Option<&str>) -> Result<(cpal::Stream, Arc<CaptureQ
 
 /// Replay a file through the capture path at `speed`× real time, at its own rate and channels.
 pub fn start_file_replay(path: &Path, speed: f64, stop: Arc<AtomicBool>) -> Result<(JoinHandle<()>, Arc<CaptureQueue>)> {
-    let decoded = crate::audio::decode_file(path)?;
+    start_replay(crate::audio::decode_file(path)?, speed, stop)
+}
+
+/// As [`start_file_replay`], of audio already decoded.
+pub fn start_replay(decoded: crate::audio::DecodedAudio, speed: f64, stop: Arc<AtomicBool>) -> Result<(JoinHandle<()>, Arc<CaptureQueue>)> {
     let (channels, rate) = (decoded.channels, decoded.sample_rate);
     let queue = CaptureQueue::new(channels, rate, 10.0);
     let q = queue.clone();
