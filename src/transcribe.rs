@@ -8,7 +8,7 @@ use crate::model::kernels::logsumexp;
 use crate::model::step::StepState;
 use crate::model::{silence, DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use crate::rng::Rng;
-use crate::stream::vad::has_voiced_frames;
+use crate::stream::vad::{has_voiced_frames, voiced_seconds};
 use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
@@ -31,6 +31,11 @@ pub const SILENCE_MARGIN_FRAMES: usize = 100;
 /// second per word: 6.5 s).
 const SPARSE_SEGMENT_SECONDS: f64 = 10.0;
 const SPARSE_SECONDS_PER_WORD: f64 = 1.0;
+/// A prompted window read as fewer words than one per this many seconds of its voiced sound
+/// (see [`crate::stream::vad::voiced_seconds`]) is decoded again without the prompt. Voiced
+/// frames are about half of speech, and read speech runs at 2–3 words a second, so this is
+/// ten times fewer words than speech has; a word and a long silence stay well above it.
+const VOICED_SECONDS_PER_WORD_AT_LEAST: f64 = 2.0;
 
 /// Mel frames of a window that silence caching encodes when `audio_frames` hold audio: the
 /// audio and its margin, rounded up to even (the stem has stride 2).
@@ -91,6 +96,10 @@ pub struct TranscribeOptions {
     /// skipped as silence without being decoded: Whisper's no-speech tests let bursts of noise
     /// through as "you" or "I'm going to go to the next one." (see [`crate::stream::vad`]).
     pub skip_unvoiced_windows: bool,
+    /// A prompted window read as far fewer words than its voiced sound holds is decoded again
+    /// without the prompt (see [`VOICED_SECONDS_PER_WORD_AT_LEAST`]). Streaming has its own
+    /// retry, on the pass as a whole.
+    pub unprompted_retry: bool,
 }
 
 impl Default for TranscribeOptions {
@@ -114,6 +123,7 @@ impl Default for TranscribeOptions {
             dense_rescue: true,
             whole_window_recheck: true,
             skip_unvoiced_windows: true,
+            unprompted_retry: true,
             draft: Vec::new(),
         }
     }
@@ -146,6 +156,9 @@ pub struct Timings {
     /// Windows encoded at r > 1 whose decoding skipped speech (a long segment with few words)
     /// and were decoded again with the dense encoder.
     pub dense_redecodes: usize,
+    /// Prompted windows read as far fewer words than their voiced sound holds and decoded
+    /// again without the prompt (see [`VOICED_SECONDS_PER_WORD_AT_LEAST`]).
+    pub unprompted_retries: usize,
 }
 
 impl Timings {
@@ -157,6 +170,7 @@ impl Timings {
         self.windows += other.windows;
         self.whole_window_rechecks += other.whole_window_rechecks;
         self.dense_redecodes += other.dense_redecodes;
+        self.unprompted_retries += other.unprompted_retries;
     }
 }
 
@@ -392,8 +406,8 @@ impl<'m> Transcriber<'m> {
             let reduced = opts.encode.reduction > 1.0 && opts.dense_rescue;
             let approximate = stats.encoded_frames < stats.frames || reduced;
             let dense = if reduced { TranscribeOptions { encode: EncodeOptions { reduction: 1.0 }, ..opts.clone() } } else { opts.clone() };
-            // This window encoded again as `encoding` says, and decoded.
-            let decode_again = |encoding: &TranscribeOptions, timings: &mut Timings, encoder_total: &mut EncodeStats, rng: &mut Rng| {
+            // This window encoded again as `encoding` says, and decoded after `prompt`.
+            let decode_again = |encoding: &TranscribeOptions, prompt: &[u32], timings: &mut Timings, encoder_total: &mut EncodeStats, rng: &mut Rng| {
                 let (features, stats) = self.encode_segment(&mel, seek, segment_size, encoding)?;
                 timings.encoder_ms += stats.ms;
                 accumulate(encoder_total, &stats);
@@ -414,11 +428,26 @@ impl<'m> Transcriber<'m> {
                 // where the dense model was sure, and dropped it.
                 timings.whole_window_rechecks += 1;
                 let whole = TranscribeOptions { silence_cache: false, ..dense.clone() };
-                result = decode_again(&whole, &mut timings, &mut encoder_total, &mut rng)?;
+                result = decode_again(&whole, prompt, &mut timings, &mut encoder_total, &mut rng)?;
             }
             if reduced && !opts.without_timestamps && has_sparse_segment(&result.tokens, tok)? {
                 timings.dense_redecodes += 1;
-                result = decode_again(&dense, &mut timings, &mut encoder_total, &mut rng)?;
+                result = decode_again(&dense, prompt, &mut timings, &mut encoder_total, &mut rng)?;
+            }
+            if opts.unprompted_retry && !prompt.is_empty() && !is_silent(&result) {
+                // The prompt can end greedy decoding at once: after the shared LJ Speech file's
+                // first window (r = 3, the file 0.5 s later), the next read "<|0.00|>" and
+                // end-of-text, likely enough (log-probability −0.31) for Whisper's fallback,
+                // and 23 s of speech were lost. Without the prompt it reads them.
+                let words = |r: &DecodeResult| -> Result<usize> { Ok(tok.decode_text(&r.tokens)?.split_whitespace().count()) };
+                let first_words = words(&result)?;
+                if (first_words as f64) * VOICED_SECONDS_PER_WORD_AT_LEAST < voiced_seconds(window_audio) {
+                    timings.unprompted_retries += 1;
+                    let retry = decode_again(opts, &[], &mut timings, &mut encoder_total, &mut rng)?;
+                    if words(&retry)? > first_words && !is_silent(&retry) {
+                        result = retry;
+                    }
+                }
             }
             if is_silent(&result) {
                 seek += segment_size;

@@ -176,8 +176,14 @@ fn a_recogniser_that_fell_behind_makes_no_words_of_noise() {
     // first pass is also its last, flushed without a second pass to agree. It read "I'm going
     // to go to the next video." (a replay at `--speed 32` did the same).
     let noise = common::speech_excerpt("audio/noise/sc_noise_running_tap.wav", 0.0, 8.0);
+    assert_eq!(final_text_of_queued(&noise), "");
+}
+
+/// The final words (see [`final_text`]) of a recogniser that finds all of `audio` queued when
+/// it starts, in 10 ms blocks, as when it has fallen behind.
+fn final_text_of_queued(audio: &[f32]) -> String {
     let (audio_tx, audio_rx) = crossbeam_channel::unbounded();
-    for block in noise.chunks(160) {
+    for block in audio.chunks(160) {
         audio_tx.send(block.to_vec()).unwrap();
     }
     drop(audio_tx);
@@ -185,7 +191,7 @@ fn a_recogniser_that_fell_behind_makes_no_words_of_noise() {
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let t = Transcriber::new(common::tiny_en());
     run_recognizer(&t, audio_rx, control_rx, events_tx, StreamOptions::default(), Default::default()).unwrap();
-    assert_eq!(final_text(events_rx.try_iter()), "");
+    final_text(events_rx.try_iter())
 }
 
 /// The final words of a recogniser's events, normalised as WER is scored.
@@ -236,16 +242,7 @@ fn sine_sweeps_give_no_words() {
     // to the next video.", this test "Wooooooh."; a tone is not a voice (see `vad`). Queued
     // all at once, as when the recogniser falls behind: each utterance's first pass is also
     // its last.
-    let (audio_tx, audio_rx) = crossbeam_channel::unbounded();
-    for block in common::sine_sweeps(3).chunks(160) {
-        audio_tx.send(block.to_vec()).unwrap();
-    }
-    drop(audio_tx);
-    let (_control_tx, control_rx) = crossbeam_channel::unbounded();
-    let (events_tx, events_rx) = crossbeam_channel::unbounded();
-    let t = Transcriber::new(common::tiny_en());
-    run_recognizer(&t, audio_rx, control_rx, events_tx, StreamOptions::default(), Default::default()).unwrap();
-    assert_eq!(final_text(events_rx.try_iter()), "");
+    assert_eq!(final_text_of_queued(&common::sine_sweeps(3)), "");
 }
 
 #[test]

@@ -88,10 +88,16 @@ fn bursts_of_noise_are_skipped_as_unvoiced() {
         audio.extend(common::speech_excerpt("audio/noise/sc_noise_running_tap.wav", start, start + 0.7));
         audio.extend(std::iter::repeat_n(0.0f32, 20_800));
     }
+    assert_read_as_words_unless_skipped_as_unvoiced(&audio);
+}
+
+/// Decoded, `audio` gives words (the failure the voicing rule is there for), and by default it
+/// is skipped before it is encoded.
+fn assert_read_as_words_unless_skipped_as_unvoiced(audio: &[f32]) {
     let t = Transcriber::new(common::tiny_en());
-    let decoded = t.transcribe(&audio, &TranscribeOptions { skip_unvoiced_windows: false, ..Default::default() }, &mut |_| {}).unwrap();
+    let decoded = t.transcribe(audio, &TranscribeOptions { skip_unvoiced_windows: false, ..Default::default() }, &mut |_| {}).unwrap();
     assert!(!decoded.text.trim().is_empty(), "the recorded failure no longer happens");
-    let tr = t.transcribe(&audio, &TranscribeOptions::default(), &mut |_| {}).unwrap();
+    let tr = t.transcribe(audio, &TranscribeOptions::default(), &mut |_| {}).unwrap();
     assert!(tr.segments.is_empty(), "{:?}", tr.text);
     assert_eq!(tr.timings.windows, 0, "nothing is encoded or decoded");
 }
@@ -100,13 +106,7 @@ fn bursts_of_noise_are_skipped_as_unvoiced() {
 fn sine_sweeps_are_skipped_as_unvoiced() {
     // Periodic, so YIN alone took them for a voice, and Whisper read "I'll see you later.";
     // nearly all their energy is in one spectral peak, so they are not voiced.
-    let audio = common::sine_sweeps(2);
-    let t = Transcriber::new(common::tiny_en());
-    let decoded = t.transcribe(&audio, &TranscribeOptions { skip_unvoiced_windows: false, ..Default::default() }, &mut |_| {}).unwrap();
-    assert!(!decoded.text.trim().is_empty(), "the recorded failure no longer happens");
-    let tr = t.transcribe(&audio, &TranscribeOptions::default(), &mut |_| {}).unwrap();
-    assert!(tr.segments.is_empty(), "{:?}", tr.text);
-    assert_eq!(tr.timings.windows, 0, "nothing is encoded or decoded");
+    assert_read_as_words_unless_skipped_as_unvoiced(&common::sine_sweeps(2));
 }
 
 #[test]
@@ -235,4 +235,23 @@ fn single_token_decoder_matches_the_batched_decoder_position_by_position() {
     let mut last = vec![0f32; step.vocab_size];
     step.step(*tokens.last().unwrap(), &mut skipped, &mut last).unwrap();
     assert_eq!(last, logits, "advance must leave the state a full step leaves");
+}
+
+#[test]
+fn a_prompted_window_read_as_nothing_is_decoded_again_without_the_prompt() {
+    // The shared LJ Speech file 0.5 s later, at r = 3: after the first window the second (27–57
+    // s) read "<|0.00|>" and end-of-text after its prompt, likely enough for Whisper's
+    // fallback, and "the invention of movable metal letters … Now," (23 s) was lost.
+    let dir = coda_asr::model::resolve_model_dir("tiny.en").unwrap();
+    let mut model = coda_asr::model::WhisperModel::load(&dir, &candle_core::Device::Cpu).unwrap();
+    model.attach_coda(&model.default_coda_dir().expect("models/coda-tiny.en is shipped")).unwrap();
+    let mut audio = vec![0.0f32; 8_000];
+    audio.extend(common::speech_excerpt("audio/longform/ljspeech_LJ001-0001_to_0016.wav", 0.0, 60.0));
+    let t = Transcriber::new(&model);
+    let at_r3 = TranscribeOptions { encode: coda_asr::model::EncodeOptions { reduction: 3.0 }, ..Default::default() };
+    let without = t.transcribe(&audio, &TranscribeOptions { unprompted_retry: false, ..at_r3.clone() }, &mut |_| {}).unwrap();
+    assert!(!without.text.contains("movable metal"), "the recorded failure no longer happens: {}", without.text);
+    let tr = t.transcribe(&audio, &at_r3, &mut |_| {}).unwrap();
+    assert!(tr.timings.unprompted_retries >= 1);
+    assert!(tr.text.to_lowercase().contains("invention of movable metal letters"), "{}", tr.text);
 }

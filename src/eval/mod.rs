@@ -84,6 +84,9 @@ pub struct EvalSummary {
     pub whole_window_rechecks: usize,
     #[serde(default)]
     pub dense_redecodes: usize,
+    /// Prompted windows decoded again without the prompt (read as far too few words).
+    #[serde(default)]
+    pub unprompted_retries: usize,
     pub tokens: usize,
     pub encoder_ms_per_window: f64,
     pub decoder_ms_per_token: f64,
@@ -194,6 +197,7 @@ pub fn run(
         windows: timings.windows,
         whole_window_rechecks: timings.whole_window_rechecks,
         dense_redecodes: timings.dense_redecodes,
+        unprompted_retries: timings.unprompted_retries,
         tokens: timings.tokens,
         encoder_ms_per_window: timings.encoder_ms / timings.windows.max(1) as f64,
         decoder_ms_per_token: timings.decoder_ms / timings.tokens.max(1) as f64,
@@ -229,6 +233,7 @@ fn metric_rows() -> Vec<(&'static str, fn(&EvalSummary) -> String)> {
         ("decoder ms / token", |s| format!("{:.2}", s.decoder_ms_per_token)),
         ("windows / tokens", |s| format!("{} / {}", s.windows, s.tokens)),
         ("windows rechecked / re-decoded dense", |s| format!("{} / {}", s.whole_window_rechecks, s.dense_redecodes)),
+        ("windows retried without the prompt", |s| s.unprompted_retries.to_string()),
         ("encoder GFLOP run (dense)", |s| format!("{:.1} ({:.1})", s.encoder_gflop, s.encoder_dense_gflop)),
         ("heavy frames % per layer", |s| fmt_fractions(&s.heavy_fraction)),
     ]

@@ -108,6 +108,8 @@ fn pass_options(r: f64) -> TranscribeOptions {
         // The voice gate decides, on the utterance as a whole, not on a buffer that may hold
         // only its first unvoiced consonant.
         skip_unvoiced_windows: false,
+        // It retries the pass as a whole (see `streaming_pass`).
+        unprompted_retry: false,
         ..Default::default()
     }
 }

@@ -156,17 +156,24 @@ impl Vad {
     }
 }
 
-/// Whether 16 kHz audio has [`MIN_VOICED_FRAMES`] voiced frames (see [`is_voiced`]) above
+/// Whether 16 kHz audio has [`MIN_VOICED_FRAMES`] voiced frames (see [`Voicing`]) above
 /// −50 dBFS: a stretch of speech has many, noise none. It stops at the last one it needs, so
 /// speech is told within its first syllables.
 pub fn has_voiced_frames(audio: &[f32]) -> bool {
+    voiced_frames_of(audio).nth(MIN_VOICED_FRAMES as usize - 1).is_some()
+}
+
+/// Seconds of 16 kHz audio in voiced frames above −50 dBFS: about half of the time speech is
+/// heard.
+pub fn voiced_seconds(audio: &[f32]) -> f64 {
+    (voiced_frames_of(audio).count() * FRAME) as f64 / 16_000.0
+}
+
+/// The 30 ms frames of 16 kHz audio that are above −50 dBFS and voiced.
+fn voiced_frames_of(audio: &[f32]) -> impl Iterator<Item = &[f32]> {
     let min_energy = 10f64.powf(-5.0); // −50 dBFS
     let mut voicing = Voicing::new();
-    audio
-        .chunks_exact(FRAME)
-        .filter(|frame| mean_square(frame) > min_energy && voicing.is_voiced(frame))
-        .nth(MIN_VOICED_FRAMES as usize - 1)
-        .is_some()
+    audio.chunks_exact(FRAME).filter(move |frame| mean_square(frame) > min_energy && voicing.is_voiced(frame))
 }
 
 fn mean_square(frame: &[f32]) -> f64 {
