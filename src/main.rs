@@ -756,8 +756,10 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
                 let mut audio = vec![0.0f32; (offset_ms * 16.0).round() as usize];
                 let offset_s = audio.len() as f64 / 16_000.0;
                 audio.extend(coda_asr::audio::load_mono_16k(&e.wav)?);
-                let utterances: Vec<Utterance> =
-                    utterances.iter().map(|u| Utterance { start_s: u.start_s + offset_s, end_s: u.end_s + offset_s, ..u.clone() }).collect();
+                let utterances: Vec<Utterance> = utterances
+                    .iter()
+                    .map(|u| Utterance { start_s: u.start_s + offset_s, end_s: u.end_s + offset_s, ..u.clone() })
+                    .collect();
                 let reference: String = utterances.iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
                 let onset = speech_onset_s(&audio);
                 let events = if args.simulate {
@@ -814,7 +816,11 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
     let spread = |values: &[f64], signed: bool| {
         let (mean, sd) = mean_and_sd(values);
         let mean = if signed { format!("{mean:+.2}") } else { format!("{mean:.2}") };
-        if values.len() > 1 { format!("{mean} ± {sd:.2}") } else { mean }
+        if values.len() > 1 {
+            format!("{mean} ± {sd:.2}")
+        } else {
+            mean
+        }
     };
     println!("| metric | value |\n| --- | --- |");
     println!("| model / encoder | {} {} |", model.name(), if model.coda.is_some() { "CoDA" } else { "dense" });

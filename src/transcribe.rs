@@ -407,18 +407,19 @@ impl<'m> Transcriber<'m> {
             let approximate = stats.encoded_frames < stats.frames || reduced;
             let dense = if reduced { TranscribeOptions { encode: EncodeOptions { reduction: 1.0 }, ..opts.clone() } } else { opts.clone() };
             // This window encoded again as `encoding` says, and decoded after `prompt`.
-            let decode_again = |encoding: &TranscribeOptions, prompt: &[u32], timings: &mut Timings, encoder_total: &mut EncodeStats, rng: &mut Rng| {
-                let (features, stats) = self.encode_segment(&mel, seek, segment_size, encoding)?;
-                timings.encoder_ms += stats.ms;
-                accumulate(encoder_total, &stats);
-                let t_dec = Instant::now();
-                let padding =
-                    (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
-                let result =
-                    self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, rng, &mut timings.tokens, window_seconds);
-                timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
-                result
-            };
+            let decode_again =
+                |encoding: &TranscribeOptions, prompt: &[u32], timings: &mut Timings, encoder_total: &mut EncodeStats, rng: &mut Rng| {
+                    let (features, stats) = self.encode_segment(&mel, seek, segment_size, encoding)?;
+                    timings.encoder_ms += stats.ms;
+                    accumulate(encoder_total, &stats);
+                    let t_dec = Instant::now();
+                    let padding =
+                        (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
+                    let result =
+                        self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, rng, &mut timings.tokens, window_seconds);
+                    timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+                    result
+                };
             if approximate && opts.whole_window_recheck && opts.no_speech_threshold.is_some() && doubtful(&result) {
                 // Noise is where Whisper invents "you" and "Thank you.", and the block encoding
                 // shifts both scores there (no-speech 0.52 where the whole window gives over

@@ -341,8 +341,8 @@ mod tests {
     fn tones_are_periodic_but_not_voiced() {
         let frames = |audio: Vec<f32>| audio.chunks_exact(FRAME).map(|f| f.to_vec()).collect::<Vec<_>>();
         let mut tones = frames(sweep(3.0, 300.0, 3000.0, 0.5));
-        tones.extend(frames(tone(0.3, 0.5))); // 255 Hz
-        // A ringback tone: 440 and 480 Hz together.
+        // A sine at 255 Hz, then a ringback tone: 440 and 480 Hz together.
+        tones.extend(frames(tone(0.3, 0.5)));
         tones.extend(frames((0..4800).map(|i| 0.2 * ((i as f32 * 0.1728).sin() + (i as f32 * 0.1885).sin())).collect()));
         // YIN alone takes nearly all of them for a voice…
         let periodic = tones.iter().filter(|f| is_periodic(f)).count();
