@@ -393,6 +393,8 @@ impl<'m> Transcriber<'m> {
             let mut result =
                 self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens, window_seconds)?;
             timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+            // The encoding `result` was decoded from.
+            let mut encoded = (features, padding);
 
             let is_silent = |r: &DecodeResult| {
                 opts.no_speech_threshold.is_some_and(|t| r.no_speech_prob > t as f64)
@@ -406,20 +408,23 @@ impl<'m> Transcriber<'m> {
             let reduced = opts.encode.reduction > 1.0 && opts.dense_rescue;
             let approximate = stats.encoded_frames < stats.frames || reduced;
             let dense = if reduced { TranscribeOptions { encode: EncodeOptions { reduction: 1.0 }, ..opts.clone() } } else { opts.clone() };
-            // This window encoded again as `encoding` says, and decoded after `prompt`.
-            let decode_again =
-                |encoding: &TranscribeOptions, prompt: &[u32], timings: &mut Timings, encoder_total: &mut EncodeStats, rng: &mut Rng| {
-                    let (features, stats) = self.encode_segment(&mel, seek, segment_size, encoding)?;
-                    timings.encoder_ms += stats.ms;
-                    accumulate(encoder_total, &stats);
-                    let t_dec = Instant::now();
-                    let padding =
-                        (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
-                    let result =
-                        self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, rng, &mut timings.tokens, window_seconds);
-                    timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
-                    result
-                };
+            // This window encoded again as `encoding` says.
+            let encode_again = |encoding: &TranscribeOptions, timings: &mut Timings, encoder_total: &mut EncodeStats| -> Result<_> {
+                let (features, stats) = self.encode_segment(&mel, seek, segment_size, encoding)?;
+                timings.encoder_ms += stats.ms;
+                accumulate(encoder_total, &stats);
+                let padding =
+                    (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
+                Ok((features, padding))
+            };
+            // An encoding of this window decoded after `prompt`.
+            let decode = |(features, padding): &(Tensor, Option<Padding>), prompt: &[u32], timings: &mut Timings, rng: &mut Rng| {
+                let t_dec = Instant::now();
+                let result =
+                    self.decode_with_fallback(features, *padding, prompt, draft, &lang, opts, rng, &mut timings.tokens, window_seconds);
+                timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+                result
+            };
             if approximate && opts.whole_window_recheck && opts.no_speech_threshold.is_some() && doubtful(&result) {
                 // Noise is where Whisper invents "you" and "Thank you.", and the block encoding
                 // shifts both scores there (no-speech 0.52 where the whole window gives over
@@ -429,11 +434,13 @@ impl<'m> Transcriber<'m> {
                 // where the dense model was sure, and dropped it.
                 timings.whole_window_rechecks += 1;
                 let whole = TranscribeOptions { silence_cache: false, ..dense.clone() };
-                result = decode_again(&whole, prompt, &mut timings, &mut encoder_total, &mut rng)?;
+                encoded = encode_again(&whole, &mut timings, &mut encoder_total)?;
+                result = decode(&encoded, prompt, &mut timings, &mut rng)?;
             }
             if reduced && !opts.without_timestamps && has_sparse_segment(&result.tokens, tok)? {
                 timings.dense_redecodes += 1;
-                result = decode_again(&dense, prompt, &mut timings, &mut encoder_total, &mut rng)?;
+                encoded = encode_again(&dense, &mut timings, &mut encoder_total)?;
+                result = decode(&encoded, prompt, &mut timings, &mut rng)?;
             }
             if opts.unprompted_retry && !prompt.is_empty() && !is_silent(&result) {
                 // The prompt can end greedy decoding at once: after the shared LJ Speech file's
@@ -444,7 +451,7 @@ impl<'m> Transcriber<'m> {
                 let first_words = words(&result)?;
                 if (first_words as f64) * VOICED_SECONDS_PER_WORD_AT_LEAST < voiced_seconds(window_audio) {
                     timings.unprompted_retries += 1;
-                    let retry = decode_again(opts, &[], &mut timings, &mut encoder_total, &mut rng)?;
+                    let retry = decode(&encoded, &[], &mut timings, &mut rng)?;
                     if words(&retry)? > first_words && !is_silent(&retry) {
                         result = retry;
                     }
