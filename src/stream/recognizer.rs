@@ -165,6 +165,14 @@ fn is_repetition_loop(tr: &Transcript, opts: &TranscribeOptions) -> bool {
     tr.hit_token_limit || opts.compression_ratio_threshold.is_some_and(|cr| tr.segments.iter().any(|s| s.compression_ratio > cr as f64))
 }
 
+/// Either of Whisper's no-speech tests fails on some segment: no-speech likely, or text unlikely.
+fn fails_no_speech_tests(tr: &Transcript, opts: &TranscribeOptions) -> bool {
+    tr.segments.iter().any(|s| {
+        opts.no_speech_threshold.is_some_and(|t| s.no_speech_prob > t as f64)
+            || opts.logprob_threshold.is_some_and(|lp| s.avg_logprob < lp as f64)
+    })
+}
+
 /// The lowest mean token log-probability of a transcript's segments (0 when it has none).
 fn least_likely_segment(tr: &Transcript) -> f64 {
     tr.segments.iter().map(|s| s.avg_logprob).fold(0.0, f64::min)
@@ -406,7 +414,15 @@ impl State<'_> {
             return Ok(());
         };
         self.draft = Some((tr.first_window_tokens.clone(), self.buffer.start()));
-        self.heard_words |= !finals.is_empty() || !self.policy.partial().is_empty();
+        // Until the utterance has a voice, only a pass that passes Whisper's no-speech tests is
+        // shown: a running tap read "you" (log-probability −1.12), bursts of noise "you" at a
+        // no-speech probability of 0.75–0.89, and those flashed up as partials (nothing of an
+        // unvoiced utterance becomes final). Hiding every partial until the first voiced frame
+        // is no answer: the gate heard none in a loud "Chapter 16" for 1.6 s, read at −0.99.
+        // A hidden reading does not count as words heard, so the next pass still comes a
+        // first step later ("The H-" at −1.35 is hidden, "The Huns had…" shown 0.2 s on).
+        let shown = self.is_voiced() || !fails_no_speech_tests(&tr, &topts);
+        self.heard_words |= shown && (!finals.is_empty() || !self.policy.partial().is_empty());
         if self.policy.passes_without_words() == 0 {
             self.progress_at = self.buffer.end();
         }
@@ -417,7 +433,9 @@ impl State<'_> {
             self.boundary = Some((at, self.policy.committed().len() - still_in_buffer));
         }
         self.emit_finals(finals);
-        self.emit_partial();
+        if shown {
+            self.emit_partial();
+        }
         self.stats.heavy_fraction = tr.encoder.heavy_fraction();
         self.stats.flops_saved_pct =
             if tr.encoder.dense_flops > 0.0 { 100.0 * (1.0 - tr.encoder.flops / tr.encoder.dense_flops) } else { 0.0 };
