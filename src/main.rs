@@ -127,7 +127,7 @@ struct DecodeArgs {
     no_fallback: bool,
     /// Encoder reduction factor r: CoDA layers send ceil(n / r) frames through the heavy
     /// layer (default: the adapters' own default; ignored with --dense).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_reduction)]
     reduction: Option<f64>,
     /// Seed for temperature sampling.
     #[arg(long, default_value_t = 0)]
@@ -218,7 +218,7 @@ struct LiveArgs {
     #[arg(long)]
     input: Option<PathBuf>,
     /// Replay speed for --input (1 = real time).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
     speed: f64,
     /// Capture device index or name (see `coda-asr devices`); the default input otherwise.
     /// (`--device` picks where the model runs.)
@@ -246,33 +246,33 @@ struct LiveArgs {
 #[derive(Args, Clone)]
 struct StreamArgs {
     /// Seconds of new audio between re-transcriptions.
-    #[arg(long, default_value_t = StreamOptions::default().step_s)]
+    #[arg(long, default_value_t = StreamOptions::default().step_s, value_parser = parse_positive)]
     step: f64,
     /// Seconds of speech before the first re-transcription of an utterance (repeated at this
     /// pace until words appear).
-    #[arg(long, default_value_t = StreamOptions::default().first_step_s)]
+    #[arg(long, default_value_t = StreamOptions::default().first_step_s, value_parser = parse_positive)]
     first_step: f64,
     /// Seconds of silence that end an utterance and make its words final.
-    #[arg(long, default_value_t = StreamOptions::default().vad_hangover_s)]
+    #[arg(long, default_value_t = StreamOptions::default().vad_hangover_s, value_parser = parse_positive)]
     hangover: f64,
     /// Longest last segment of an utterance that is heard again in front of the next one, so
     /// its first words are decoded in context (0: off).
-    #[arg(long, default_value_t = StreamOptions::default().context_s)]
+    #[arg(long, default_value_t = StreamOptions::default().context_s, value_parser = parse_non_negative)]
     context: f64,
     /// Seconds of audio in the buffer past which it is cut at the end of the final words (more
     /// is more context for each pass, at more compute per pass).
-    #[arg(long, default_value_t = StreamOptions::default().trim_s)]
+    #[arg(long, default_value_t = StreamOptions::default().trim_s, value_parser = parse_positive)]
     trim: f64,
     /// Compute / audio ratio to stay under; r is raised when above.
-    #[arg(long, default_value_t = StreamOptions::default().budget)]
+    #[arg(long, default_value_t = StreamOptions::default().budget, value_parser = parse_positive)]
     budget: f64,
     /// Fix the reduction factor instead of adapting it.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_reduction)]
     reduction: Option<f64>,
     /// Highest r the budget controller may pick. The shipped adapters lose accuracy from r = 2
     /// on (README, Measured), so by default the controller stays dense; raise this to let it
     /// trade accuracy for compute.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_reduction)]
     max_reduction: f64,
     /// Transcribe utterances with no voiced sound too (whispered speech). By default an
     /// utterance with fewer than 3 voiced 30 ms frames is dropped as noise, which Whisper can
@@ -322,7 +322,7 @@ struct StreamBenchArgs {
     #[arg(long)]
     segments: PathBuf,
     /// Replay speed (1 = real time, as a microphone).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
     speed: f64,
     /// Replay the manifest this many times (memory and latency drift over a long session).
     #[arg(long, default_value_t = 1)]
@@ -352,7 +352,7 @@ struct BenchArgs {
     /// Audio whose first 30 s window is encoded.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/LJ001-0001.wav"))]
     audio: PathBuf,
-    #[arg(long, value_delimiter = ',', default_value = "2,4,8")]
+    #[arg(long, value_delimiter = ',', default_value = "2,4,8", value_parser = parse_reduction)]
     reductions: Vec<f64>,
     /// Timed runs per configuration (the median is reported; one warm-up run is not timed).
     #[arg(long, default_value_t = 5)]
@@ -415,7 +415,7 @@ struct TrainArgs {
     #[arg(long)]
     bottleneck: Option<usize>,
     /// Reduction factors sampled per step.
-    #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8", value_parser = parse_reduction)]
     reductions: Vec<f64>,
     /// How heavy frames are picked: `grid` (evenly spaced, skipped frames get interpolated
     /// updates), `pooled-grid` (the same, with the heavy layer run on the mean of each grid
@@ -451,6 +451,33 @@ struct TrainArgs {
 }
 
 /// `LAYER:SCALE` with 0 < SCALE ≤ 1.
+/// A reduction factor r: a number ≥ 1 (1 is the dense encoder).
+fn parse_reduction(text: &str) -> std::result::Result<f64, String> {
+    let r = text.trim().parse::<f64>().map_err(|e| format!("{text}: {e}"))?;
+    if !(r.is_finite() && r >= 1.0) {
+        return Err("a reduction factor must be a number ≥ 1 (1 is dense)".to_string());
+    }
+    Ok(r)
+}
+
+/// A number > 0: a speed, a ratio or a duration in seconds.
+fn parse_positive(text: &str) -> std::result::Result<f64, String> {
+    let x = text.trim().parse::<f64>().map_err(|e| format!("{text}: {e}"))?;
+    if !(x.is_finite() && x > 0.0) {
+        return Err("must be a number > 0".to_string());
+    }
+    Ok(x)
+}
+
+/// A number ≥ 0 (a duration in seconds where 0 turns something off).
+fn parse_non_negative(text: &str) -> std::result::Result<f64, String> {
+    let x = text.trim().parse::<f64>().map_err(|e| format!("{text}: {e}"))?;
+    if !(x.is_finite() && x >= 0.0) {
+        return Err("must be a number ≥ 0".to_string());
+    }
+    Ok(x)
+}
+
 fn parse_layer_scale(text: &str) -> std::result::Result<(usize, f64), String> {
     let (layer, scale) = text.split_once(':').ok_or_else(|| format!("{text}: expected LAYER:SCALE, e.g. 0:0.5"))?;
     let layer = layer.trim().parse::<usize>().map_err(|e| format!("{text}: layer: {e}"))?;
@@ -466,7 +493,7 @@ struct DistillEvalArgs {
     /// Held-out clips (never the training manifest, and not dev.tsv when choosing adapters).
     #[arg(long)]
     manifest: PathBuf,
-    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4", value_parser = parse_reduction)]
     reductions: Vec<f64>,
     /// Write the rows as JSON.
     #[arg(long)]

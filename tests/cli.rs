@@ -40,6 +40,29 @@ fn missing_model_is_a_clear_error() {
 }
 
 #[test]
+fn out_of_range_numbers_are_refused_before_anything_runs() {
+    // `live --speed 0` replayed nothing, forever; `--reduction 0.5` ran the dense encoder
+    // under another name.
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let clip = clip.to_str().unwrap();
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["live", "--no-tui", "--input", clip, "--speed", "0"], "--speed", "must be a number > 0"),
+        (&["live", "--no-tui", "--input", clip, "--step=-1"], "--step", "must be a number > 0"),
+        (&["live", "--no-tui", "--input", clip, "--context=-2"], "--context", "must be a number ≥ 0"),
+        (&["live", "--no-tui", "--input", clip, "--max-reduction", "0"], "--max-reduction", "must be a number ≥ 1"),
+        (&["transcribe", clip, "--reduction", "0.5"], "--reduction", "must be a number ≥ 1"),
+        (&["transcribe", clip, "--reduction", "nan"], "--reduction", "must be a number ≥ 1"),
+        (&["bench", "--reductions", "2,0"], "--reductions", "must be a number ≥ 1"),
+    ];
+    for (args, option, problem) in cases {
+        let output = Command::new(common::binary()).args(*args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(option) && stderr.contains(problem), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn eval_writes_reports_that_compare() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("m.tsv");
