@@ -325,7 +325,7 @@ struct StreamBenchArgs {
     #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
     speed: f64,
     /// Replay the manifest this many times (memory and latency drift over a long session).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_count)]
     loops: usize,
     /// Instead of replaying in real time, simulate a recogniser whose passes take no time:
     /// the same decisions on every run (for comparing policies; latencies are then the
@@ -355,10 +355,10 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "2,4,8", value_parser = parse_reduction)]
     reductions: Vec<f64>,
     /// Timed runs per configuration (the median is reported; one warm-up run is not timed).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = parse_count)]
     repeats: usize,
     /// Also time full windows in batches of this size.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_count)]
     batch: usize,
     /// Also compare the dense encoder's output on --device with the CPU's (float32).
     #[arg(long)]
@@ -458,6 +458,15 @@ fn parse_reduction(text: &str) -> std::result::Result<f64, String> {
         return Err("a reduction factor must be a number ≥ 1 (1 is dense)".to_string());
     }
     Ok(r)
+}
+
+/// A whole number ≥ 1 (repeats, loops, a batch size).
+fn parse_count(text: &str) -> std::result::Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A number > 0: a speed, a ratio or a duration in seconds.

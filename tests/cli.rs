@@ -53,6 +53,7 @@ fn out_of_range_numbers_are_refused_before_anything_runs() {
         (&["transcribe", clip, "--reduction", "0.5"], "--reduction", "must be a number ≥ 1"),
         (&["transcribe", clip, "--reduction", "nan"], "--reduction", "must be a number ≥ 1"),
         (&["bench", "--reductions", "2,0"], "--reductions", "must be a number ≥ 1"),
+        (&["bench", "--repeats", "0"], "--repeats", "must be at least 1"),
     ];
     for (args, option, problem) in cases {
         let output = Command::new(common::binary()).args(*args).output().unwrap();
