@@ -23,6 +23,9 @@ pub struct BenchRow {
     pub dense_gflop: f64,
     pub encoded_frames: usize,
     pub heavy_frames: Vec<usize>,
+    /// Median ms of the conv stem, then of each layer (see [`EncodeStats::stage_ms`]); the rest
+    /// of `ms_per_window` is the final norm and, cached, the padding from the silence table.
+    pub stage_ms: Vec<f64>,
 }
 
 pub struct BenchOptions {
@@ -32,12 +35,17 @@ pub struct BenchOptions {
     pub batch: usize,
 }
 
-/// Median of `repeats` timed runs after one untimed warm-up, and the warm-up's stats.
+/// Median of `repeats` timed runs after one untimed warm-up, and the warm-up's stats with
+/// their stage times replaced by the timed runs' medians.
 fn median(repeats: usize, mut run: impl FnMut() -> Result<EncodeStats>) -> Result<(f64, EncodeStats)> {
-    let stats = run()?;
-    let mut ms: Vec<f64> = (0..repeats.max(1)).map(|_| run().map(|s| s.ms)).collect::<Result<_>>()?;
-    ms.sort_by(f64::total_cmp);
-    Ok((ms[ms.len() / 2], stats))
+    let mut stats = run()?;
+    let timed: Vec<EncodeStats> = (0..repeats.max(1)).map(|_| run()).collect::<Result<_>>()?;
+    let median_of = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    stats.stage_ms = (0..stats.stage_ms.len()).map(|i| median_of(timed.iter().map(|s| s.stage_ms[i]).collect())).collect();
+    Ok((median_of(timed.iter().map(|s| s.ms).collect()), stats))
 }
 
 /// Time `model` (CoDA or a baseline, labelled `name`) against `dense` on the first window of
@@ -66,6 +74,7 @@ pub fn run(model: &WhisperModel, name: &str, dense: &WhisperModel, audio: &[f32]
                 dense_gflop: s.dense_flops / 1e9 / batch as f64,
                 encoded_frames: s.encoded_frames,
                 heavy_frames: s.heavy_frames.clone(),
+                stage_ms: s.stage_ms.clone(),
             })
         };
         for silence_cache in [false, true] {
@@ -84,11 +93,14 @@ pub fn run(model: &WhisperModel, name: &str, dense: &WhisperModel, audio: &[f32]
 }
 
 pub fn markdown(rows: &[BenchRow]) -> String {
-    let mut s = String::from("| encoder | r | padding | batch | ms / window | speed-up vs dense | GFLOP run (dense) | frames encoded | heavy frames per layer |\n");
-    s += "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |\n";
+    let mut s = String::from(
+        "| encoder | r | padding | batch | ms / window | speed-up vs dense | GFLOP run (dense) | frames encoded | heavy frames per layer | ms: stem, each layer |\n",
+    );
+    s += "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n";
     for r in rows {
+        let stages = r.stage_ms.iter().map(|ms| format!("{ms:.1}")).collect::<Vec<_>>().join(" / ");
         s += &format!(
-            "| {} | {} | {} | {} | {:.1} | {:.2}x | {:.1} ({:.1}) | {} | {:?} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.2}x | {:.1} ({:.1}) | {} | {:?} | {stages} |\n",
             r.encoder,
             r.reduction,
             r.padding,

@@ -535,3 +535,26 @@ fn shipped_adapters_load_and_keep_wer_at_r3_and_r4_on_short_clips() {
         assert!(coda.wer <= bound, "CoDA r = {r} WER {:.2} on {} short dev clips", coda.wer, coda.clips);
     }
 }
+
+#[test]
+fn bench_times_every_stage_of_each_encode_it_compares() {
+    let dir = coda_asr::model::resolve_model_dir("tiny.en").unwrap();
+    let mut model = coda_asr::model::WhisperModel::load(&dir, &Device::Cpu).unwrap();
+    model.attach_coda(&model.default_coda_dir().expect("models/coda-tiny.en is shipped")).unwrap();
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let opts = coda_asr::encoder_bench::BenchOptions { reductions: vec![4.0], repeats: 1, batch: 1 };
+    let rows = coda_asr::encoder_bench::run(&model, "CoDA", common::tiny_en(), &audio, &opts).unwrap();
+    let layers = model.config.encoder_layers;
+    // Dense and CoDA r = 4, the padding encoded and cached.
+    assert_eq!(rows.len(), 4);
+    for row in &rows {
+        // The stem, then each layer: parts of the one timed encode, so they fit inside it.
+        assert_eq!(row.stage_ms.len(), 1 + layers, "{row:?}");
+        assert!(row.stage_ms.iter().all(|&ms| ms > 0.0), "{row:?}");
+        assert!(row.stage_ms.iter().sum::<f64>() <= row.ms_per_window, "{row:?}");
+    }
+    let cached = |encoder: &str| rows.iter().find(|r| r.encoder == encoder && r.padding == "cached").unwrap();
+    assert!(cached("CoDA").gflop < cached("dense").gflop / 2.0);
+    assert_eq!(cached("CoDA").heavy_frames, vec![267, 134, 134, 134]);
+}

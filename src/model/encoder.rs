@@ -53,6 +53,10 @@ pub struct EncodeStats {
     /// What the dense encoder would have run on the same input.
     pub dense_flops: f64,
     pub ms: f64,
+    /// Wall time of the conv stem, then of each layer, in ms (`coda-asr bench` shows where an
+    /// encode's time goes). Exact on the CPU; a GPU runs kernels asynchronously, so there they
+    /// are the time to queue the work.
+    pub stage_ms: Vec<f64>,
 }
 
 impl EncodeStats {
@@ -313,9 +317,14 @@ impl Encoder {
         let n = x.dim(1)?;
         let stem = b * self.stem_flops(mel.dim(2)?);
         let mut stats = EncodeStats { frames: n, encoded_frames: n, flops: stem, dense_flops: stem, ..Default::default() };
+        let mut stage_start = Instant::now();
+        stats.stage_ms.push((stage_start - start).as_secs_f64() * 1e3);
         for layer in layers {
             let (y, s) = layer.forward(&x, opts)?;
             x = y;
+            let now = Instant::now();
+            stats.stage_ms.push((now - stage_start).as_secs_f64() * 1e3);
+            stage_start = now;
             stats.heavy_frames.push(s.heavy_frames);
             stats.flops += s.flops;
             stats.dense_flops += b * layer_flops(n, self.d, self.ffn);
