@@ -450,10 +450,9 @@ struct TrainArgs {
     model: ModelArgs,
 }
 
-/// `LAYER:SCALE` with 0 < SCALE ≤ 1.
 /// A reduction factor r: a number ≥ 1 (1 is the dense encoder).
 fn parse_reduction(text: &str) -> std::result::Result<f64, String> {
-    let r = text.trim().parse::<f64>().map_err(|e| format!("{text}: {e}"))?;
+    let r = text.trim().parse::<f64>().map_err(|e| e.to_string())?;
     if !(r.is_finite() && r >= 1.0) {
         return Err("a reduction factor must be a number ≥ 1 (1 is dense)".to_string());
     }
@@ -471,7 +470,7 @@ fn parse_count(text: &str) -> std::result::Result<usize, String> {
 
 /// A number > 0: a speed, a ratio or a duration in seconds.
 fn parse_positive(text: &str) -> std::result::Result<f64, String> {
-    let x = text.trim().parse::<f64>().map_err(|e| format!("{text}: {e}"))?;
+    let x = text.trim().parse::<f64>().map_err(|e| e.to_string())?;
     if !(x.is_finite() && x > 0.0) {
         return Err("must be a number > 0".to_string());
     }
@@ -480,13 +479,14 @@ fn parse_positive(text: &str) -> std::result::Result<f64, String> {
 
 /// A number ≥ 0 (a duration in seconds where 0 turns something off).
 fn parse_non_negative(text: &str) -> std::result::Result<f64, String> {
-    let x = text.trim().parse::<f64>().map_err(|e| format!("{text}: {e}"))?;
+    let x = text.trim().parse::<f64>().map_err(|e| e.to_string())?;
     if !(x.is_finite() && x >= 0.0) {
         return Err("must be a number ≥ 0".to_string());
     }
     Ok(x)
 }
 
+/// `LAYER:SCALE` with 0 < SCALE ≤ 1.
 fn parse_layer_scale(text: &str) -> std::result::Result<(usize, f64), String> {
     let (layer, scale) = text.split_once(':').ok_or_else(|| format!("{text}: expected LAYER:SCALE, e.g. 0:0.5"))?;
     let layer = layer.trim().parse::<usize>().map_err(|e| format!("{text}: layer: {e}"))?;
