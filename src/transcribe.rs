@@ -102,6 +102,15 @@ pub struct TranscribeOptions {
     pub unprompted_retry: bool,
 }
 
+impl TranscribeOptions {
+    /// Either of Whisper's no-speech tests fails on a decode with these scores: no-speech
+    /// likely, or the text unlikely.
+    pub fn doubts(&self, no_speech_prob: f64, avg_logprob: f64) -> bool {
+        self.no_speech_threshold.is_some_and(|t| no_speech_prob > t as f64)
+            || self.logprob_threshold.is_some_and(|lp| avg_logprob < lp as f64)
+    }
+}
+
 impl Default for TranscribeOptions {
     fn default() -> Self {
         Self {
@@ -400,11 +409,7 @@ impl<'m> Transcriber<'m> {
                 opts.no_speech_threshold.is_some_and(|t| r.no_speech_prob > t as f64)
                     && !opts.logprob_threshold.is_some_and(|lp| r.avg_logprob > lp as f64)
             };
-            // Either of Whisper's two no-speech tests fails: no-speech likely, or text unlikely.
-            let doubtful = |r: &DecodeResult| {
-                opts.no_speech_threshold.is_some_and(|t| r.no_speech_prob > t as f64)
-                    || opts.logprob_threshold.is_some_and(|lp| r.avg_logprob < lp as f64)
-            };
+            let doubtful = |r: &DecodeResult| opts.doubts(r.no_speech_prob, r.avg_logprob);
             let reduced = opts.encode.reduction > 1.0 && opts.dense_rescue;
             let approximate = stats.encoded_frames < stats.frames || reduced;
             let dense = if reduced { TranscribeOptions { encode: EncodeOptions { reduction: 1.0 }, ..opts.clone() } } else { opts.clone() };

@@ -165,12 +165,9 @@ fn is_repetition_loop(tr: &Transcript, opts: &TranscribeOptions) -> bool {
     tr.hit_token_limit || opts.compression_ratio_threshold.is_some_and(|cr| tr.segments.iter().any(|s| s.compression_ratio > cr as f64))
 }
 
-/// Either of Whisper's no-speech tests fails on some segment: no-speech likely, or text unlikely.
+/// Either of Whisper's no-speech tests fails on some segment (see [`TranscribeOptions::doubts`]).
 fn fails_no_speech_tests(tr: &Transcript, opts: &TranscribeOptions) -> bool {
-    tr.segments.iter().any(|s| {
-        opts.no_speech_threshold.is_some_and(|t| s.no_speech_prob > t as f64)
-            || opts.logprob_threshold.is_some_and(|lp| s.avg_logprob < lp as f64)
-    })
+    tr.segments.iter().any(|s| opts.doubts(s.no_speech_prob, s.avg_logprob))
 }
 
 /// The lowest mean token log-probability of a transcript's segments (0 when it has none).
