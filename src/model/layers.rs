@@ -42,7 +42,19 @@ pub fn layer_norm(vb: VarBuilder, d: usize) -> Result<Norm> {
 }
 
 pub fn linear(vb: VarBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
-    Ok(candle_nn::linear(d_in, d_out, vb)?)
+    let weight = vb.get((d_out, d_in), "weight")?;
+    let bias = vb.get(d_out, "bias")?;
+    frozen_linear(weight, bias)
+}
+
+/// A pretrained projection whose weight [out, in] is stored transposed ([in, out] contiguous,
+/// seen through a transposed view), so that `Linear::forward`'s `x · weightᵀ` reads it in
+/// place. candle's CPU matmul (the gemm crate) computes a row-major product as its transpose,
+/// and a weight stored [out, in] was repacked on every call: at the 88 rows of a layer at r =
+/// 4, fc2 took 1.6 ms instead of 0.9 (the same sums in the same order, so bit-identical output).
+/// Only for frozen weights: the copy is not a training variable.
+fn frozen_linear(weight: Tensor, bias: Tensor) -> Result<Linear> {
+    Ok(Linear::new(weight.t()?.contiguous()?.t()?, Some(bias)))
 }
 
 /// Several projections of the same input fused into one matrix, so one matmul computes them
@@ -55,7 +67,7 @@ pub fn fused_linear(vb: &VarBuilder, names: &[&str], no_bias: &[&str], d_in: usi
         weights.push(sub.get((d_out, d_in), "weight")?);
         biases.push(if no_bias.contains(name) { Tensor::zeros(d_out, vb.dtype(), vb.device())? } else { sub.get(d_out, "bias")? });
     }
-    Ok(Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?)))
+    frozen_linear(Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?)
 }
 
 /// Which GELU an MLP applies. Whisper is trained with the exact (erf) form; the tanh form exists
