@@ -8,9 +8,10 @@
 use super::config::WhisperConfig;
 use super::layers::{attention, fused_linear, layer_norm, linear, merge_heads, split_heads, Gelu, Mlp, Norm};
 use super::silence::SilenceCache;
+use super::stem::StemConv;
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv1d, Conv1dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
@@ -167,8 +168,8 @@ impl EncoderBlock for DenseLayer {
 }
 
 pub struct Encoder {
-    conv1: Conv1d,
-    conv2: Conv1d,
+    conv1: StemConv,
+    conv2: StemConv,
     /// Sinusoidal positions [max_frames, d] as stored in the checkpoint (float16 in Whisper's).
     pub positions: Tensor,
     /// Pretrained layers, kept so conditional layers can wrap them.
@@ -188,9 +189,8 @@ pub struct Encoder {
 impl Encoder {
     pub fn load(vb: VarBuilder, cfg: &WhisperConfig) -> Result<Self> {
         let d = cfg.d_model;
-        let conv = |stride| Conv1dConfig { padding: 1, stride, ..Default::default() };
-        let conv1 = candle_nn::conv1d(cfg.num_mel_bins, d, 3, conv(1), vb.pp("conv1"))?;
-        let conv2 = candle_nn::conv1d(d, d, 3, conv(2), vb.pp("conv2"))?;
+        let conv1 = StemConv::load(vb.pp("conv1"), cfg.num_mel_bins, d, 1)?;
+        let conv2 = StemConv::load(vb.pp("conv2"), d, d, 2)?;
         let positions = vb.get((cfg.max_source_positions, d), "embed_positions.weight")?;
         let dense_layers: Vec<Arc<DenseLayer>> = (0..cfg.encoder_layers)
             .map(|i| DenseLayer::load(vb.pp(format!("layers.{i}")), d, cfg.encoder_attention_heads, cfg.encoder_ffn()).map(Arc::new))
@@ -232,9 +232,8 @@ impl Encoder {
         let (_, n_mels, t) = mel.dims3()?;
         ensure!(n_mels == self.n_mels, "mel has {n_mels} bins, the model wants {}", self.n_mels);
         ensure!(t <= 2 * self.max_frames, "mel has {t} frames, the model takes at most {}", 2 * self.max_frames);
-        let x = self.gelu.apply(self.conv1.forward(mel)?)?;
+        let x = self.gelu.apply(self.conv1.forward(&mel.transpose(1, 2)?)?)?;
         let x = self.gelu.apply(self.conv2.forward(&x)?)?;
-        let x = x.transpose(1, 2)?;
         let n = x.dim(1)?;
         Ok(x.broadcast_add(&self.positions.narrow(0, 0, n)?)?)
     }

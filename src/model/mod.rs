@@ -11,6 +11,7 @@ pub mod import;
 pub mod kernels;
 pub mod layers;
 pub mod silence;
+pub mod stem;
 pub mod step;
 pub mod tokens;
 
