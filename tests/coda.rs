@@ -141,6 +141,26 @@ fn interpolation_gives_selected_frames_their_own_update_and_is_linear_between() 
     assert_eq!((plan.left[5], plan.right[5], plan.left_weight[5]), (1, 1, 1.0));
 }
 
+/// Inference pools and interpolates with loops over host memory, training with tensor ops that
+/// autograd can follow (a `Var` input takes that path): both must give the same bits.
+#[test]
+fn host_loops_for_pooling_and_interpolation_match_the_tensor_ops_exactly() {
+    let (b, n, d) = (2, 37, 5);
+    let values: Vec<f32> = (0..b * n * d).map(|i| ((i * 7919 % 1013) as f32 / 97.0).sin()).collect();
+    let x = Tensor::from_vec(values, (b, n, d), &Device::Cpu).unwrap();
+    let tracked = Var::from_tensor(&x).unwrap();
+    let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    for r in [1.0, 2.0, 3.0, 3.5, 4.0, 8.0] {
+        let pooled = pool_stretches(&x, r).unwrap();
+        assert_eq!(bits(&pooled), bits(&pool_stretches(tracked.as_tensor(), r).unwrap()), "pooling at r = {r}");
+        let plan = Interpolation::new(&grid_frames(n, r), n);
+        let delta = (&pooled * 0.5).unwrap();
+        let tracked_delta = Var::from_tensor(&delta).unwrap();
+        let want = (tracked.as_tensor() + plan.apply(tracked_delta.as_tensor()).unwrap()).unwrap();
+        assert_eq!(bits(&plan.add_to(&x, &delta).unwrap()), bits(&want), "interpolation at r = {r}");
+    }
+}
+
 fn real_mel() -> Tensor {
     let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
     let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
