@@ -641,11 +641,13 @@ impl<'m> Transcriber<'m> {
         // draft rides along in the same pass.
         let mut state = self.decoder_state(features, padding)?;
         let mut stepper: Option<Stepper> = None;
-        let (sot_logits, first_logits, checked_draft) = match &self.model.step {
+        // The short prompt pass's logits come from the single-token decoder: approximate for
+        // text tokens until refined (see `StepDecoder::refine`).
+        let (sot_logits, first_logits, checked_draft, first_approximate) = match &self.model.step {
             Some(step) if draft.is_empty() && initial.len() <= SHORT_PROMPT_TOKENS => {
                 let (sot_logits, first_logits, fast) = self.short_prompt_pass(step, &state, &initial, sot_index)?;
                 stepper = Some(Stepper::Fast(fast));
-                (sot_logits, first_logits, None)
+                (sot_logits, first_logits, None, step.is_approximate())
             }
             _ => {
                 let input: Vec<u32> = initial.iter().chain(draft).copied().collect();
@@ -660,7 +662,7 @@ impl<'m> Transcriber<'m> {
                     state.truncate(initial.len())?;
                     Some(CheckedDraft { tokens: draft, logits: logits.narrow(0, 1, draft.len() + 1)?, state: full })
                 };
-                (logits.i(0)?.to_vec1()?, logits.i(1)?.to_vec1()?, checked_draft)
+                (logits.i(0)?.to_vec1()?, logits.i(1)?.to_vec1()?, checked_draft, false)
             }
         };
         let no_speech_prob = match tok.no_speech {
@@ -680,7 +682,7 @@ impl<'m> Transcriber<'m> {
             let result = self.sample(
                 start,
                 draft,
-                first_logits.clone(),
+                Logits { values: first_logits.clone(), approximate: first_approximate },
                 initial.len(),
                 temperature,
                 opts,
@@ -813,7 +815,7 @@ impl<'m> Transcriber<'m> {
         &self,
         mut state: Stepper,
         draft: Option<&CheckedDraft>,
-        mut logits: Vec<f32>,
+        first: Logits,
         sample_begin: usize,
         temperature: f32,
         opts: &TranscribeOptions,
@@ -839,8 +841,14 @@ impl<'m> Transcriber<'m> {
         let mut sum_logprob = 0f64;
         let max_initial = (opts.max_initial_timestamp as f64 / TIME_PRECISION).round() as usize;
         let mut on_draft = draft.is_some();
+        let (mut logits, mut approximate) = (first.values, first.approximate);
         loop {
-            self.apply_filters(&mut logits, &generated, opts, max_initial);
+            // Approximate logits are the fast stepper's last step's, so its state refines them.
+            let refine_from = match &state {
+                Stepper::Fast(s) if approximate => Some(s),
+                _ => None,
+            };
+            self.apply_filters(&mut logits, &generated, opts, max_initial, refine_from);
             let next = if temperature <= 0.0 { argmax(&logits) } else { sample_from(&logits, temperature, rng) };
             *token_count += 1;
             if next == tok.eot {
@@ -856,6 +864,7 @@ impl<'m> Transcriber<'m> {
                 let n = generated.len();
                 if n <= d.tokens.len() && generated[n - 1] == d.tokens[n - 1] {
                     logits = d.logits.i(n)?.to_vec1()?;
+                    approximate = false;
                     continue;
                 }
                 on_draft = false;
@@ -864,11 +873,16 @@ impl<'m> Transcriber<'m> {
                 state = self.stepper(agreed)?;
             }
             match &mut state {
-                Stepper::Fast(s) => self.model.step.as_ref().expect("fast state implies a step decoder").step(next, s, &mut logits)?,
+                Stepper::Fast(s) => {
+                    let step = self.model.step.as_ref().expect("fast state implies a step decoder");
+                    step.step(next, s, &mut logits)?;
+                    approximate = step.is_approximate();
+                }
                 Stepper::Tensors(s) => {
                     let input = Tensor::new(&[[next]], &self.model.device)?;
                     let hidden = dec.forward(&input, s)?;
                     logits = dec.logits(&hidden.i(0)?)?.i(0)?.to_dtype(DType::F32)?.to_vec1()?;
+                    approximate = false;
                 }
             }
         }
@@ -878,10 +892,24 @@ impl<'m> Transcriber<'m> {
         Ok(DecodeResult { tokens: generated, text, avg_logprob, no_speech_prob: 0.0, compression_ratio: 0.0, temperature, hit_token_limit })
     }
 
-    /// openai's logit filters: SuppressBlank, SuppressTokens and the timestamp rules.
-    fn apply_filters(&self, logits: &mut [f32], generated: &[u32], opts: &TranscribeOptions, max_initial: usize) {
+    /// openai's logit filters: SuppressBlank, SuppressTokens and the timestamp rules. Logits
+    /// from the single-token decoder's 8-bit text rows are refined by `refine_from`'s state
+    /// once the masks are in, so the largest allowed text logit is exact where it is compared.
+    fn apply_filters(
+        &self,
+        logits: &mut [f32],
+        generated: &[u32],
+        opts: &TranscribeOptions,
+        max_initial: usize,
+        refine_from: Option<&StepState>,
+    ) {
         let tok = &self.model.tokenizer;
         let ninf = f32::NEG_INFINITY;
+        let refine = |logits: &mut [f32]| {
+            if let (Some(state), Some(step)) = (refine_from, &self.model.step) {
+                step.refine(state, logits);
+            }
+        };
         if generated.is_empty() {
             for &t in &self.suppress_begin {
                 logits[t as usize] = ninf;
@@ -894,6 +922,7 @@ impl<'m> Transcriber<'m> {
             let tb = tok.timestamp_begin as usize;
             let len = logits.len();
             logits[tb.min(len)..].fill(ninf);
+            refine(logits);
             return;
         }
         logits[tok.no_timestamps as usize] = ninf;
@@ -922,6 +951,7 @@ impl<'m> Transcriber<'m> {
                 logits[last_allowed + 1..].fill(ninf);
             }
         }
+        refine(logits);
         // If timestamps together are likelier than any text token, force a timestamp.
         // Compared as log-probabilities the normaliser cancels, so raw logits suffice.
         let ts_logprob = logsumexp(&logits[tb..]);
@@ -930,6 +960,13 @@ impl<'m> Transcriber<'m> {
             logits[..tb].fill(ninf);
         }
     }
+}
+
+/// Logits to sample from, and whether they are the single-token decoder's approximate ones
+/// (see `StepDecoder::refine`).
+struct Logits {
+    values: Vec<f32>,
+    approximate: bool,
 }
 
 /// Whether a timestamped decoding has a segment longer than [`SPARSE_SEGMENT_SECONDS`] at more

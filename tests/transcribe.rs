@@ -197,8 +197,10 @@ fn a_long_segment_with_few_words_counts_as_skipped_speech() {
 }
 
 /// The single-token decoder (every decoded token on the CPU, and a window's short prompt) gives
-/// the batched decoder's predictions at every position, and running a token without its
-/// vocabulary projection (`advance`) leaves the same state as a full step.
+/// the batched decoder's predictions at every position: exact logits for the tokens after the
+/// text ones, and, once refined, the same largest text logit for the same token, also with the
+/// likeliest tokens masked. Running a token without its vocabulary projection (`advance`)
+/// leaves the same state as a full step.
 #[test]
 fn single_token_decoder_matches_the_batched_decoder_position_by_position() {
     use candle_core::{IndexOp, Tensor};
@@ -222,11 +224,27 @@ fn single_token_decoder_matches_the_batched_decoder_position_by_position() {
     let fresh = || StepState::from_exported(step, model.decoder.start(&features).unwrap().export().unwrap()).unwrap();
     let mut state = fresh();
     let mut logits = vec![0f32; step.vocab_size];
+    let text_rows = model.tokenizer.eot as usize;
+    let best = |v: &[f32]| v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b });
     for (i, &token) in tokens.iter().enumerate() {
         step.step(token, &mut state, &mut logits).unwrap();
         let want: Vec<f32> = expected.i(i).unwrap().to_vec1().unwrap();
-        let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < 2e-3, "position {i}: logits differ by {worst}");
+        let worst = logits[text_rows..].iter().zip(&want[text_rows..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 2e-3, "position {i}: logits after the text tokens differ by {worst}");
+        // Mask the 0, 1 or 2 likeliest text tokens, as suppression can, then refine.
+        for masked in 0..3 {
+            let mut want = want.clone();
+            let mut got = logits.clone();
+            for _ in 0..masked {
+                let (top, _) = best(&want[..text_rows]);
+                want[top] = f32::NEG_INFINITY;
+                got[top] = f32::NEG_INFINITY;
+            }
+            step.refine(&state, &mut got);
+            let ((got_token, got_max), (want_token, want_max)) = (best(&got[..text_rows]), best(&want[..text_rows]));
+            assert_eq!(got_token, want_token, "position {i}, {masked} masked: the likeliest text token");
+            assert!((got_max - want_max).abs() < 2e-3, "position {i}, {masked} masked: {got_max} vs {want_max}");
+        }
     }
     let mut skipped = fresh();
     for &token in &tokens[..tokens.len() - 1] {

@@ -65,13 +65,31 @@ impl Matrix {
         }
     }
 
+    /// Row r · x, summed exactly as [`Matrix::gemv`] sums it.
+    pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
+        let c = self.cols;
+        let mut out = [0f32];
+        match &self.data {
+            Data::F16(d) => dot_rows_f16(&d[r * c..(r + 1) * c], c, x, &mut out),
+            Data::F32(d) => dot_rows_f32(&d[r * c..(r + 1) * c], c, x, &mut out),
+        }
+        out[0]
+    }
+
     /// out = W x (+ bias).
     pub fn gemv(&self, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-        debug_assert_eq!(x.len(), self.cols);
         debug_assert_eq!(out.len(), self.rows);
+        self.gemv_rows(0, x, bias, out);
+    }
+
+    /// out = rows first_row.. of W times x (+ their bias), as many rows as `out` holds.
+    pub fn gemv_rows(&self, first_row: usize, x: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        debug_assert_eq!(x.len(), self.cols);
+        debug_assert!(first_row + out.len() <= self.rows);
         let cols = self.cols;
         let rows_per_task = (ROWS_PER_TASK_MIN_ELEMS / cols).max(1);
-        let run = |first_row: usize, chunk: &mut [f32]| {
+        let run = |chunk_row: usize, chunk: &mut [f32]| {
+            let first_row = first_row + chunk_row;
             let rows = first_row * cols..(first_row + chunk.len()) * cols;
             match &self.data {
                 Data::F16(d) => dot_rows_f16(&d[rows], cols, x, chunk),
@@ -81,11 +99,80 @@ impl Matrix {
                 chunk.iter_mut().zip(&b[first_row..]).for_each(|(o, b)| *o += b);
             }
         };
-        if self.rows * cols >= 4 * ROWS_PER_TASK_MIN_ELEMS {
+        if out.len() * cols >= 4 * ROWS_PER_TASK_MIN_ELEMS {
             out.par_chunks_mut(rows_per_task).enumerate().for_each(|(i, chunk)| run(i * rows_per_task, chunk));
         } else {
             run(0, out);
         }
+    }
+}
+
+/// The first rows of a matrix at 8 bits per weight, one scale per row (w ≈ scale · q, q in
+/// −127..=127), for a first pass over the vocabulary that reads a quarter of the f32 bytes and
+/// half of the float16 ones: single-token decoding is bound by memory, and the vocabulary
+/// projection is most of what a token reads. Its error is bounded, so the rows that could
+/// matter can be computed again exactly ([`QuantizedRows::error_bound`]).
+#[derive(Debug, Clone)]
+pub struct QuantizedRows {
+    q: Vec<i8>,
+    scale: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl QuantizedRows {
+    /// The first `rows` rows of `m`.
+    pub fn from_matrix(m: &Matrix, rows: usize) -> Self {
+        let cols = m.cols;
+        let mut row = vec![0f32; cols];
+        let mut q = Vec::with_capacity(rows * cols);
+        let mut scale = Vec::with_capacity(rows);
+        for r in 0..rows {
+            m.row_into(r, &mut row);
+            let max = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+            q.extend(row.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8));
+            scale.push(s);
+        }
+        Self { q, scale, rows, cols }
+    }
+
+    /// out[r] ≈ w_r · x for the quantised rows, within [`QuantizedRows::error_bound`].
+    pub fn gemv(&self, x: &[f32], out: &mut [f32]) {
+        debug_assert_eq!(out.len(), self.rows);
+        let cols = self.cols;
+        let rows_per_task = (ROWS_PER_TASK_MIN_ELEMS / cols).max(1);
+        out.par_chunks_mut(rows_per_task).enumerate().for_each(|(i, chunk)| {
+            let first = i * rows_per_task;
+            dot_rows_i8(&self.q[first * cols..(first + chunk.len()) * cols], cols, x, chunk);
+            chunk.iter_mut().zip(&self.scale[first..]).for_each(|(o, s)| *o *= s);
+        });
+    }
+
+    /// How far row r's quantised product can be from the float16 one for an input whose
+    /// absolute values sum to `x_l1`: half a quantisation step per weight, |Σ e_i x_i| ≤
+    /// scale / 2 · ‖x‖₁, with a tenth more for the two products' float rounding (under 1 %).
+    pub fn error_bound(&self, row: usize, x_l1: f32) -> f32 {
+        0.55 * self.scale[row] * x_l1
+    }
+}
+
+/// [`dot_rows_f32`] over 8-bit weights (unscaled), widened to f32 in registers.
+pub fn dot_rows_i8(w: &[i8], cols: usize, x: &[f32], out: &mut [f32]) {
+    check_row_shapes(w.len(), cols, x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: as in `dot_rows_f32`.
+            return unsafe { dot_rows_i8_avx512(w, cols, x, out) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as in `dot_rows_f32`.
+            return unsafe { dot_rows_i8_avx2(w, cols, x, out) };
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = w[i * cols..(i + 1) * cols].iter().zip(x).map(|(&a, b)| f32::from(a) * b).sum();
     }
 }
 
@@ -205,6 +292,30 @@ dot_rows_kernel!(
     _mm512_loadu_ps,
     _mm512_fmadd_ps,
     |a| _mm512_reduce_add_ps(a)
+);
+#[cfg(target_arch = "x86_64")]
+dot_rows_kernel!(
+    dot_rows_i8_avx512,
+    "avx512f",
+    i8,
+    16,
+    _mm512_setzero_ps,
+    |p: *const i8| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))),
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    |a| _mm512_reduce_add_ps(a)
+);
+#[cfg(target_arch = "x86_64")]
+dot_rows_kernel!(
+    dot_rows_i8_avx2,
+    "avx2,fma",
+    i8,
+    8,
+    _mm256_setzero_ps,
+    |p: *const i8| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))),
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    |a| sum_m256(a)
 );
 #[cfg(target_arch = "x86_64")]
 dot_rows_kernel!(dot_rows_f32_avx2, "avx2,fma", f32, 8, _mm256_setzero_ps, |p| _mm256_loadu_ps(p), _mm256_loadu_ps, _mm256_fmadd_ps, |a| {
@@ -344,6 +455,49 @@ mod tests {
                     let want: f32 = (0..rows).map(|r| p[r] * w[r * cols + i]).sum();
                     assert!((got - want).abs() < 1e-4, "{rows}x{cols}, column {i}: {got} vs {want}");
                 }
+            }
+        }
+    }
+
+    /// 8-bit rows: every kernel this CPU runs against a plain loop over the same 8-bit values,
+    /// and the scaled products within `error_bound` of the float16 ones.
+    #[test]
+    fn quantized_rows_stay_within_their_error_bound() {
+        let mut rng = crate::rng::Rng::new(5);
+        for (rows, cols) in [(9, 389), (37, 64), (5, 17)] {
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 * 0.1).collect();
+            let m = Matrix::from_tensor(&Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap()).unwrap();
+            let x: Vec<f32> = (0..cols).map(|_| rng.normal() as f32 * 5.0).collect();
+            let q = QuantizedRows::from_matrix(&m, rows - 1);
+            let mut plain = vec![0f32; q.rows];
+            for (r, p) in plain.iter_mut().enumerate() {
+                *p = (0..cols).map(|i| f32::from(q.q[r * cols + i]) * x[i]).sum();
+            }
+            #[allow(clippy::type_complexity)]
+            let mut kernels: Vec<(&str, RowKernel<i8>)> = vec![("dispatch", dot_rows_i8)];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY (both): the CPU has the features the kernels were compiled for.
+                    kernels.push(("avx512", |w, c, x, o| unsafe { dot_rows_i8_avx512(w, c, x, o) }));
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    kernels.push(("avx2", |w, c, x, o| unsafe { dot_rows_i8_avx2(w, c, x, o) }));
+                }
+            }
+            for (name, kernel) in kernels {
+                let mut out = vec![f32::NAN; q.rows];
+                kernel(&q.q, cols, &x, &mut out);
+                for (got, want) in out.iter().zip(&plain) {
+                    assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "{name} {rows}x{cols}: {got} vs {want}");
+                }
+            }
+            let l1: f32 = x.iter().map(|v| v.abs()).sum();
+            let mut approx = vec![0f32; q.rows];
+            q.gemv(&x, &mut approx);
+            for (r, a) in approx.iter().enumerate() {
+                let exact = m.dot_row(r, &x);
+                assert!((a - exact).abs() <= q.error_bound(r, l1), "{rows}x{cols} row {r}: {a} vs {exact}");
             }
         }
     }

@@ -89,8 +89,14 @@ impl WhisperModel {
             encoder.silence = silence::SilenceCache::load(&silence_table, config.max_source_positions, config.d_model, device, dtype)?;
         }
         let decoder = Decoder::load(vb.pp("model.decoder"), &config).with_context(|| format!("{}: decoder weights", dir.display()))?;
-        let step = if device.is_cpu() && dtype == DType::F32 { Some(step::StepDecoder::load(&weights, &config)?) } else { None };
         let tokenizer = WhisperTokenizer::load(&dir.join("tokenizer.json"), config.is_multilingual())?;
+        let step = if device.is_cpu() && dtype == DType::F32 {
+            let mut step = step::StepDecoder::load(&weights, &config)?;
+            step.quantize_text_rows(tokenizer.eot as usize);
+            Some(step)
+        } else {
+            None
+        };
         Ok(Self { config, encoder, decoder, step, tokenizer, device: device.clone(), dtype, dir: dir.to_path_buf(), coda: None })
     }
 

@@ -7,7 +7,7 @@
 
 use super::config::WhisperConfig;
 use super::decoder::ExportedState;
-use super::gemv::{add_weighted_rows, dot_rows_f32, Matrix};
+use super::gemv::{add_weighted_rows, dot_rows_f32, Matrix, QuantizedRows};
 use super::kernels::{gelu_slice, softmax_row};
 use anyhow::{ensure, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
@@ -59,6 +59,10 @@ struct StepLayer {
 pub struct StepDecoder {
     layers: Vec<StepLayer>,
     embedding: Matrix,
+    /// The text tokens' rows of the vocabulary projection at 8 bits, once
+    /// [`StepDecoder::quantize_text_rows`] made them: `step` projects those rows from them and
+    /// [`StepDecoder::refine`] makes exact the ones that matter.
+    text_rows: Option<QuantizedRows>,
     positions: Vec<f32>,
     ln: Norm,
     d: usize,
@@ -130,6 +134,7 @@ impl StepDecoder {
         Ok(Self {
             layers,
             embedding,
+            text_rows: None,
             positions,
             ln: l.norm(&format!("{p}.layer_norm"))?,
             d: cfg.d_model,
@@ -140,11 +145,52 @@ impl StepDecoder {
         })
     }
 
-    /// Run one token at the state's position; fills `logits` (vocabulary size).
+    /// Run one token at the state's position; fills `logits` (vocabulary size). With quantised
+    /// text rows, the text tokens' logits are approximate until [`StepDecoder::refine`]; the
+    /// other tokens' (end-of-text, control tokens, timestamps) are always exact.
     pub fn step(&self, token: u32, s: &mut StepState, logits: &mut [f32]) -> Result<()> {
         self.advance(token, s)?;
-        self.embedding.gemv(&s.scratch.h, None, logits);
+        let h = &s.scratch.h;
+        match &self.text_rows {
+            Some(q) => {
+                let (text, rest) = logits.split_at_mut(q.rows);
+                q.gemv(h, text);
+                self.embedding.gemv_rows(q.rows, h, None, rest);
+            }
+            None => self.embedding.gemv(h, None, logits),
+        }
         Ok(())
+    }
+
+    /// Project the first `rows` tokens of the vocabulary (the text tokens: every token before
+    /// end-of-text) from 8-bit weights, a vocabulary pass reading half the bytes.
+    pub fn quantize_text_rows(&mut self, rows: usize) {
+        self.text_rows = Some(QuantizedRows::from_matrix(&self.embedding, rows.min(self.vocab_size)));
+    }
+
+    /// Whether [`StepDecoder::step`]'s text logits need [`StepDecoder::refine`] to be exact.
+    pub fn is_approximate(&self) -> bool {
+        self.text_rows.is_some()
+    }
+
+    /// After [`StepDecoder::step`] and the caller's masks (−∞ for tokens it rules out): every
+    /// allowed text token whose approximate logit could be the largest allowed text logit,
+    /// given the quantisation's error bound, gets its exact float16 logit. The largest text
+    /// logit and its token are then exactly what the full float16 projection gives (so greedy
+    /// decoding and the timestamp rule decide as it would); the others stay within the bound
+    /// (log-probabilities move by about a hundredth).
+    pub fn refine(&self, s: &StepState, logits: &mut [f32]) {
+        let Some(q) = &self.text_rows else { return };
+        let h = &s.scratch.h;
+        let l1: f32 = h.iter().map(|v| v.abs()).sum();
+        let text = &mut logits[..q.rows];
+        let floor =
+            text.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| v - q.error_bound(i, l1)).fold(f32::NEG_INFINITY, f32::max);
+        for (i, v) in text.iter_mut().enumerate() {
+            if v.is_finite() && *v + q.error_bound(i, l1) >= floor {
+                *v = self.embedding.dot_row(i, h);
+            }
+        }
     }
 
     /// Run one token at the state's position without the vocabulary projection (a prompt
