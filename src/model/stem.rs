@@ -35,6 +35,7 @@ impl StemConv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, t, c) = x.dims3()?;
         ensure!(c == self.in_channels, "the stem convolution takes {} channels, got {c}", self.in_channels);
+        ensure!(t > 0, "the stem convolution got no frames");
         let n = (t - 1) / self.stride + 1;
         let columns = if x.device().is_cpu() && x.dtype() == DType::F32 { self.columns_on_host(x, n)? } else { self.columns(x, n)? };
         Ok(columns.broadcast_matmul(&self.weight_t)?.broadcast_add(&self.bias)?)
@@ -109,6 +110,7 @@ mod tests {
             assert_eq!(ours.dims(), reference.dims(), "stride {stride}, {t} frames");
             let diff = (ours - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 1e-5, "stride {stride}, {t} frames: max difference {diff}");
+            assert!(conv.forward(&Tensor::zeros((1, 0, c_in), DType::F32, &device)?).is_err(), "no frames is an error, not a panic");
         }
         Ok(())
     }
