@@ -300,19 +300,22 @@ impl Interpolation {
         }
         let (b, n, d) = base.dims3()?;
         let k = delta.dim(1)?;
-        let (base, delta) = (host_f32(base)?, host_f32(delta)?);
         let mut out = vec![0f32; b * n * d];
-        for (seq, (out, base)) in out.chunks_exact_mut(n * d).zip(base.chunks_exact(n * d)).enumerate() {
-            let delta = &delta[seq * k * d..(seq + 1) * k * d];
-            for (i, (out, base)) in out.chunks_exact_mut(d).zip(base.chunks_exact(d)).enumerate() {
-                let (l, r) = (self.left[i] as usize, self.right[i] as usize);
-                let (wl, wr) = (self.left_weight[i], self.right_weight[i]);
-                let (left, right) = (&delta[l * d..(l + 1) * d], &delta[r * d..(r + 1) * d]);
-                for c in 0..d {
-                    out[c] = base[c] + (left[c] * wl + right[c] * wr);
+        with_host_f32(base, |base| {
+            with_host_f32(delta, |delta| {
+                for (seq, (out, base)) in out.chunks_exact_mut(n * d).zip(base.chunks_exact(n * d)).enumerate() {
+                    let delta = &delta[seq * k * d..(seq + 1) * k * d];
+                    for (i, (out, base)) in out.chunks_exact_mut(d).zip(base.chunks_exact(d)).enumerate() {
+                        let (l, r) = (self.left[i] as usize, self.right[i] as usize);
+                        let (wl, wr) = (self.left_weight[i], self.right_weight[i]);
+                        let (left, right) = (&delta[l * d..(l + 1) * d], &delta[r * d..(r + 1) * d]);
+                        for c in 0..d {
+                            out[c] = base[c] + (left[c] * wl + right[c] * wr);
+                        }
+                    }
                 }
-            }
-        }
+            })
+        })??;
         Ok(Tensor::from_vec(out, (b, n, d), &Device::Cpu)?)
     }
 }
@@ -323,9 +326,18 @@ fn on_host(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op()
 }
 
-/// The f32 values of a CPU tensor in row-major order.
-fn host_f32(x: &Tensor) -> Result<Vec<f32>> {
-    Ok(x.flatten_all()?.to_vec1::<f32>()?)
+/// Runs `f` on the f32 values of a CPU tensor in row-major order: its own buffer when it is
+/// contiguous (no copy), else a contiguous copy.
+fn with_host_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&data[start..end]));
+        }
+    }
+    Ok(f(&x.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// The stretch of frames grid frame j stands for: [floor(j·r), floor((j + 1)·r)) cut at n.
@@ -371,17 +383,18 @@ pub fn pool_stretches(x: &Tensor, r: f64) -> Result<Tensor> {
 fn pool_on_host(x: &Tensor, stretches: &[(usize, usize)]) -> Result<Tensor> {
     let (b, n, d) = x.dims3()?;
     let k = stretches.len();
-    let x = host_f32(x)?;
     let mut out = vec![0f32; b * k * d];
-    for (seq, out) in x.chunks_exact(n * d).zip(out.chunks_exact_mut(k * d)) {
-        for (&(start, end), mean) in stretches.iter().zip(out.chunks_exact_mut(d)) {
-            let w = 1.0 / (end - start) as f32;
-            mean.iter_mut().zip(&seq[start * d..(start + 1) * d]).for_each(|(m, &v)| *m = v * w);
-            for frame in start + 1..end {
-                mean.iter_mut().zip(&seq[frame * d..(frame + 1) * d]).for_each(|(m, &v)| *m = *m + v * w);
+    with_host_f32(x, |x| {
+        for (seq, out) in x.chunks_exact(n * d).zip(out.chunks_exact_mut(k * d)) {
+            for (&(start, end), mean) in stretches.iter().zip(out.chunks_exact_mut(d)) {
+                let w = 1.0 / (end - start) as f32;
+                mean.iter_mut().zip(&seq[start * d..(start + 1) * d]).for_each(|(m, &v)| *m = v * w);
+                for frame in start + 1..end {
+                    mean.iter_mut().zip(&seq[frame * d..(frame + 1) * d]).for_each(|(m, &v)| *m = *m + v * w);
+                }
             }
         }
-    }
+    })?;
     Ok(Tensor::from_vec(out, (b, k, d), &Device::Cpu)?)
 }
 
