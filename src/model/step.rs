@@ -177,8 +177,8 @@ impl StepDecoder {
     /// allowed text token whose approximate logit could be the largest allowed text logit,
     /// given the quantisation's error bound, gets its exact float16 logit. The largest text
     /// logit and its token are then exactly what the full float16 projection gives (so greedy
-    /// decoding and the timestamp rule decide as it would); the others stay within the bound
-    /// (log-probabilities move by about a hundredth).
+    /// decoding and the timestamp rule decide as it would); the others stay within the bound,
+    /// so only log-sum-exps over them (average log-probability, no-speech probability) move.
     pub fn refine(&self, s: &StepState, logits: &mut [f32]) {
         let Some(q) = &self.text_rows else { return };
         let h = &s.scratch.h;
