@@ -18,8 +18,8 @@ const ENCODER_FIXED_SHARE: f64 = 0.1;
 /// Share of a dense layer's time that a conditional layer spends whatever its reduction: the
 /// adapter, the pooling and the interpolation run on every frame, and the heavy layer's small
 /// matrix products and per-call costs do not shrink with its frames. The same loop: a layer at
-/// r = 4 took 4.7–5.7 ms against 12.4–14.4 dense (0.39 = 0.2 + 0.8 / 4), layer 0 at r = 2 8.0–8.8
-/// against 13.0–13.3 (0.62 = 0.2 + 0.8 / 2 + 0.02).
+/// r = 4 took 4.7–5.7 ms against 12.4–14.4 dense (0.39; the model says 0.2 + 0.8 / 4 = 0.4),
+/// layer 0 at r = 2 8.0–8.8 against 13.0–13.3 (0.62–0.66; the model says 0.6).
 const LAYER_FIXED_SHARE: f64 = 0.2;
 /// A lower r must be predicted to fit this far inside the budget (no flapping at the edge).
 const STEP_DOWN_MARGIN: f64 = 0.9;
