@@ -332,6 +332,13 @@ struct StreamBenchArgs {
     /// algorithmic part only, and --speed is ignored).
     #[arg(long)]
     simulate: bool,
+    /// With --simulate: each pass takes the compute it measured, as in a real-time replay
+    /// (audio that arrives meanwhile waits for the pass to end, and events are stamped when
+    /// it ends), but nothing waits for the audio to play: the run takes about compute / audio
+    /// of the real-time replay's time. Latencies are then real-time ones; the outcome varies
+    /// from run to run with the machine's load, as a replay's does.
+    #[arg(long, requires = "simulate")]
+    charge_compute: bool,
     /// Run every file once per offset, each time after that many milliseconds of silence,
     /// and report the mean and spread of streaming and batch WER. A shift of a few
     /// milliseconds moves where the recogniser's passes and batch's windows fall in the
@@ -763,7 +770,7 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
 
 fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
     use coda_asr::stream::bench::{mean_and_sd, percentile, read_segments, replay_file, rss_mb, score_replay, speech_onset_s, Utterance};
-    use coda_asr::stream::recognizer::simulate_recognizer;
+    use coda_asr::stream::recognizer::{simulate_recognizer, Pacing};
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
     let entries = eval::read_manifest(&args.manifest)?;
@@ -777,6 +784,7 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
         encode: EncodeOptions { reduction: args.stream.reduction.unwrap_or(opts.start_reduction) },
         ..Default::default()
     };
+    let pacing = if args.charge_compute { Pacing::ChargeCompute } else { Pacing::Instant };
     let rss_start = rss_mb();
     // One entry per (lap, offset, file), in that order.
     let mut reports = Vec::new();
@@ -799,7 +807,7 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
                 let reference: String = utterances.iter().map(|u| u.reference.as_str()).collect::<Vec<_>>().join(" ");
                 let onset = speech_onset_s(&audio);
                 let events = if args.simulate {
-                    simulate_recognizer(&transcriber, &audio, opts.clone())?
+                    simulate_recognizer(&transcriber, &audio, opts.clone(), pacing)?
                 } else {
                     replay_file(&transcriber, &e.wav, offset_s, args.speed, opts.clone())?
                 };
@@ -863,7 +871,11 @@ fn cmd_stream_bench(args: StreamBenchArgs) -> Result<ExitCode> {
     println!("| utterances | {} |", latencies.len());
     println!(
         "| final latency median / p90 (s){} | {:.2} / {:.2} |",
-        if args.simulate { ", simulated: algorithmic only" } else { "" },
+        match (args.simulate, pacing) {
+            (false, _) => "",
+            (true, Pacing::Instant) => ", simulated: algorithmic only",
+            (true, Pacing::ChargeCompute) => ", simulated with measured compute",
+        },
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.9)
     );

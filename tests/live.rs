@@ -2,7 +2,7 @@
 //! `coda-asr live --input` end to end on a real clip and on noise.
 
 mod common;
-use coda_asr::stream::recognizer::{run_recognizer, simulate_recognizer, streaming_pass, StreamOptions};
+use coda_asr::stream::recognizer::{run_recognizer, simulate_recognizer, streaming_pass, Pacing, StreamOptions};
 use coda_asr::stream::source::{start_resampler, CaptureQueue};
 use coda_asr::stream::{Event, StreamStats};
 use coda_asr::transcribe::{TranscribeOptions, Transcriber};
@@ -175,7 +175,7 @@ fn noise_shows_no_partial_words() {
     // voice: the first pass read "you" and it was shown as a partial.
     let noise = common::speech_excerpt("audio/noise/sc_noise_running_tap.wav", 0.0, 8.0);
     let t = Transcriber::new(common::tiny_en());
-    let events = simulate_recognizer(&t, &noise, StreamOptions::default()).unwrap();
+    let events = simulate_recognizer(&t, &noise, StreamOptions::default(), Pacing::Instant).unwrap();
     assert_eq!(words_shown(&events), Vec::<String>::new());
 }
 
@@ -255,7 +255,7 @@ fn bursts_of_noise_give_no_words() {
         audio.extend(std::iter::repeat_n(0.0f32, 20_800));
     }
     let t = Transcriber::new(common::tiny_en());
-    let events = simulate_recognizer(&t, &audio, StreamOptions::default()).unwrap();
+    let events = simulate_recognizer(&t, &audio, StreamOptions::default(), Pacing::Instant).unwrap();
     assert_eq!(words_shown(&events), Vec::<String>::new());
 }
 
@@ -274,10 +274,10 @@ fn whispered_speech_is_transcribed_only_when_asked() {
     let whisper = whispered(&speech, 1);
     let t = Transcriber::new(common::tiny_en());
     // No voiced frames, so dropped as noise by default…
-    let by_default = simulate_recognizer(&t, &whisper, StreamOptions::default()).unwrap();
+    let by_default = simulate_recognizer(&t, &whisper, StreamOptions::default(), Pacing::Instant).unwrap();
     assert_eq!(final_text(by_default), "");
     // …and heard with `--transcribe-unvoiced`.
-    let asked = simulate_recognizer(&t, &whisper, StreamOptions { min_voiced_frames: 0, ..Default::default() }).unwrap();
+    let asked = simulate_recognizer(&t, &whisper, StreamOptions { min_voiced_frames: 0, ..Default::default() }, Pacing::Instant).unwrap();
     let text = final_text(asked);
     assert!(text.contains("tragic results october was a beautiful month at green gables"), "{text}");
 }

@@ -297,9 +297,8 @@ struct State<'a> {
     /// The last hypothesis' tokens and the buffer start they were decoded at: the next step's
     /// draft while the buffer only grows (its timestamps are relative to the buffer start).
     draft: Option<(Vec<u32>, f64)>,
-    /// The wall clock a live or replayed stream runs on; `None` in a simulation, whose clock is
-    /// the audio received (see [`simulate_recognizer`]).
-    started: Option<Instant>,
+    /// What "now" is when an event is stamped.
+    clock: Clock,
     stats: StreamStats,
     events: Sender<Event>,
     dropped: Arc<AtomicU64>,
@@ -313,9 +312,11 @@ struct State<'a> {
 
 impl State<'_> {
     fn now_audio(&self) -> f64 {
-        match self.started {
-            Some(started) => started.elapsed().as_secs_f64() * self.opts.speed,
-            None => self.received as f64 / RATE,
+        let received = self.received as f64 / RATE;
+        match self.clock {
+            Clock::Wall(started) => started.elapsed().as_secs_f64() * self.opts.speed,
+            Clock::Audio => received,
+            Clock::AudioAndCompute { compute_before } => received + (self.stats.compute_total_s - compute_before),
         }
     }
 
@@ -774,7 +775,7 @@ impl State<'_> {
 impl<'a> State<'a> {
     /// A recogniser with nothing heard yet; the decoder's padding is warmed up (before any
     /// speech, while the first audio queues up).
-    fn new(t: &'a Transcriber<'a>, opts: StreamOptions, events: Sender<Event>, dropped: Arc<AtomicU64>, started: Option<Instant>) -> Self {
+    fn new(t: &'a Transcriber<'a>, opts: StreamOptions, events: Sender<Event>, dropped: Arc<AtomicU64>, clock: Clock) -> Self {
         let mut controller = BudgetController::new(opts.reductions.clone(), opts.budget, opts.start_reduction);
         if let Some(coda) = &t.model.coda {
             controller = controller.with_cost(EncoderCost::new(coda.config.layer_reduction_scales(t.model.config.encoder_layers)));
@@ -799,7 +800,7 @@ impl<'a> State<'a> {
             context: None,
             last_segment: None,
             draft: None,
-            started,
+            clock,
             stats: StreamStats::default(),
             events,
             dropped,
@@ -814,18 +815,69 @@ impl<'a> State<'a> {
     }
 }
 
-/// The recogniser's decisions on a whole recording as if every pass took no time: steps fall
-/// exactly every `step_s` of audio and events are stamped with the audio time they were
-/// decided at (algorithmic latency). Unlike a real-time replay, whose steps move with the
-/// machine's load, the outcome depends only on the audio and the options, so policy changes
-/// can be compared without run-to-run noise. Compute is still measured and reported.
-pub fn simulate_recognizer(t: &Transcriber, audio: &[f32], opts: StreamOptions) -> Result<Vec<Event>> {
+/// What "now" is for a recogniser (the audio time events are stamped with).
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    /// A live or replayed stream: the wall clock since the start, times the replay speed.
+    Wall(Instant),
+    /// A simulation whose passes take no time: the audio received.
+    Audio,
+    /// A simulation whose passes take the time they measured: the audio received before the
+    /// current pass began, plus the compute spent since (`compute_before` is the running
+    /// total of compute then).
+    AudioAndCompute { compute_before: f64 },
+}
+
+/// How a simulated recogniser's passes take time (see [`simulate_recognizer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pacing {
+    /// Every pass takes no time: steps fall exactly every `step_s` of audio and events are
+    /// stamped with the audio time they were decided at (algorithmic latency). The outcome
+    /// depends only on the audio and the options.
+    #[default]
+    Instant,
+    /// Every pass takes the compute it measured, as in a real-time replay: audio that arrives
+    /// meanwhile waits and is taken in one go when the pass ends, so the next pass falls
+    /// later and hears more, and events are stamped when their pass ends. What a real-time
+    /// replay on this machine decides, in the time the compute takes instead of the audio.
+    ChargeCompute,
+}
+
+/// Audio is delivered in 10 ms blocks, as the capture path delivers them.
+const SIMULATED_BLOCK: usize = 160;
+
+/// The recogniser's decisions on a whole recording, without waiting for the audio to play.
+/// Unlike a real-time replay, whose steps move with the machine's load, an
+/// [`Pacing::Instant`] simulation depends only on the audio and the options, so policy
+/// changes can be compared without run-to-run noise; a [`Pacing::ChargeCompute`] one is a
+/// real-time replay in a fraction of the time. Compute is measured and reported either way.
+pub fn simulate_recognizer(t: &Transcriber, audio: &[f32], opts: StreamOptions, pacing: Pacing) -> Result<Vec<Event>> {
     let (events, received) = crossbeam_channel::unbounded();
-    let mut s = State::new(t, opts, events, Arc::new(AtomicU64::new(0)), None);
-    // 10 ms blocks, as the capture path delivers them.
-    for block in audio.chunks(160) {
-        s.push_audio(block)?;
+    let clock = match pacing {
+        Pacing::Instant => Clock::Audio,
+        Pacing::ChargeCompute => Clock::AudioAndCompute { compute_before: 0.0 },
+    };
+    let mut s = State::new(t, opts, events, Arc::new(AtomicU64::new(0)), clock);
+    let blocks: Vec<&[f32]> = audio.chunks(SIMULATED_BLOCK).collect();
+    let mut pushed = 0;
+    // Audio time, seconds: the end of the last block pushed plus the compute spent since.
+    let mut now = 0.0;
+    while pushed < blocks.len() {
+        // Every block that has arrived by now (at least the next one: nothing to wait for).
+        let arrived = ((now * RATE) as usize / SIMULATED_BLOCK).clamp(pushed + 1, blocks.len());
+        let compute_before = s.stats.compute_total_s;
+        if pacing == Pacing::ChargeCompute {
+            s.clock = Clock::AudioAndCompute { compute_before };
+        }
+        for block in &blocks[pushed..arrived] {
+            s.push_audio(block)?;
+        }
+        pushed = arrived;
         s.step_if_due()?;
+        now = (pushed * SIMULATED_BLOCK) as f64 / RATE;
+        if pacing == Pacing::ChargeCompute {
+            now += s.stats.compute_total_s - compute_before;
+        }
     }
     s.end_stream()?;
     drop(s);
@@ -842,7 +894,7 @@ pub fn run_recognizer(
     opts: StreamOptions,
     dropped: Arc<AtomicU64>,
 ) -> Result<()> {
-    let mut s = State::new(t, opts, events, dropped, Some(Instant::now()));
+    let mut s = State::new(t, opts, events, dropped, Clock::Wall(Instant::now()));
     let result = (|| -> Result<()> {
         loop {
             while let Ok(c) = control.try_recv() {
