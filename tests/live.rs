@@ -260,6 +260,27 @@ fn bursts_of_noise_give_no_words() {
 }
 
 #[test]
+fn a_simulation_charged_with_compute_stamps_each_pass_when_it_ends() {
+    let speech = common::speech_excerpt("audio/librispeech_train_clean_100/4214-7146-0000.wav", 0.0, 7.0);
+    let t = Transcriber::new(common::tiny_en());
+    let first_partial = |events: &[Event]| {
+        events.iter().find_map(|e| match e {
+            Event::Partial { text, emitted_at, .. } if !text.is_empty() => Some(*emitted_at),
+            _ => None,
+        })
+    };
+    let instant = simulate_recognizer(&t, &speech, StreamOptions::default(), Pacing::Instant).unwrap();
+    let charged = simulate_recognizer(&t, &speech, StreamOptions::default(), Pacing::ChargeCompute).unwrap();
+    // The first pass falls at the same audio time in both (no compute has been spent before
+    // it); charged, its partial appears once that pass has run.
+    let (at_instant, at_charged) = (first_partial(&instant).unwrap(), first_partial(&charged).unwrap());
+    assert!(at_charged > at_instant + 0.005, "instant {at_instant:.3} s, charged {at_charged:.3} s");
+    // The same words either way.
+    let text = final_text(charged);
+    assert!(text.contains("october was a beautiful month at green gables"), "{text}");
+}
+
+#[test]
 fn sine_sweeps_give_no_words() {
     // Periodic, so they passed the voicing rule: a replay at `--speed 8` read "I'm going to go
     // to the next video.", this test "Wooooooh."; a tone is not a voice (see `vad`). Queued
