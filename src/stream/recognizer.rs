@@ -837,9 +837,10 @@ pub enum Pacing {
     #[default]
     Instant,
     /// Every pass takes the compute it measured, as in a real-time replay: audio that arrives
-    /// meanwhile waits and is taken in one go when the pass ends, so the next pass falls
-    /// later and hears more, and events are stamped when their pass ends. What a real-time
-    /// replay on this machine decides, in the time the compute takes instead of the audio.
+    /// meanwhile waits and is taken in one go when the pass ends (so a pass that runs longer
+    /// than the step delays the next one, which hears more), and events are stamped when
+    /// their pass ends. What a real-time replay on this machine decides, in the time the
+    /// compute takes instead of the audio's.
     ChargeCompute,
 }
 
