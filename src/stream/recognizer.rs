@@ -829,12 +829,11 @@ enum Clock {
 }
 
 /// How a simulated recogniser's passes take time (see [`simulate_recognizer`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pacing {
     /// Every pass takes no time: steps fall exactly every `step_s` of audio and events are
     /// stamped with the audio time they were decided at (algorithmic latency). The outcome
     /// depends only on the audio and the options.
-    #[default]
     Instant,
     /// Every pass takes the compute it measured, as in a real-time replay: audio that arrives
     /// meanwhile waits and is taken in one go when the pass ends (so a pass that runs longer
