@@ -860,24 +860,20 @@ pub fn simulate_recognizer(t: &Transcriber, audio: &[f32], opts: StreamOptions, 
     let mut s = State::new(t, opts, events, Arc::new(AtomicU64::new(0)), clock);
     let blocks: Vec<&[f32]> = audio.chunks(SIMULATED_BLOCK).collect();
     let mut pushed = 0;
-    // Audio time, seconds: the end of the last block pushed plus the compute spent since.
+    // The simulation's clock (see [`Clock`]): audio pushed, plus compute spent since when charged.
     let mut now = 0.0;
     while pushed < blocks.len() {
         // Every block that has arrived by now (at least the next one: nothing to wait for).
         let arrived = ((now * RATE) as usize / SIMULATED_BLOCK).clamp(pushed + 1, blocks.len());
-        let compute_before = s.stats.compute_total_s;
         if pacing == Pacing::ChargeCompute {
-            s.clock = Clock::AudioAndCompute { compute_before };
+            s.clock = Clock::AudioAndCompute { compute_before: s.stats.compute_total_s };
         }
         for block in &blocks[pushed..arrived] {
             s.push_audio(block)?;
         }
         pushed = arrived;
         s.step_if_due()?;
-        now = (pushed * SIMULATED_BLOCK) as f64 / RATE;
-        if pacing == Pacing::ChargeCompute {
-            now += s.stats.compute_total_s - compute_before;
-        }
+        now = s.now_audio();
     }
     s.end_stream()?;
     drop(s);
