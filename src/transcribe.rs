@@ -159,8 +159,12 @@ pub struct Timings {
     pub decoder_ms: f64,
     pub tokens: usize,
     pub windows: usize,
+    /// Windows encoded at r > 1 whose no-speech decision was in doubt and were decoded again
+    /// from the dense encoder with silence caching (the dense rescue's first recheck).
+    pub dense_rechecks: usize,
     /// Windows whose silence-cached or reduced (r > 1) encoding left the no-speech decision in
-    /// doubt and were encoded again whole (and dense, with the dense rescue).
+    /// doubt (after the dense recheck, with the dense rescue) and were encoded again whole
+    /// (and dense, with the dense rescue).
     pub whole_window_rechecks: usize,
     /// Windows encoded at r > 1 whose decoding skipped speech (a long segment with few words)
     /// and were decoded again with the dense encoder.
@@ -177,6 +181,7 @@ impl Timings {
         self.decoder_ms += other.decoder_ms;
         self.tokens += other.tokens;
         self.windows += other.windows;
+        self.dense_rechecks += other.dense_rechecks;
         self.whole_window_rechecks += other.whole_window_rechecks;
         self.dense_redecodes += other.dense_redecodes;
         self.unprompted_retries += other.unprompted_retries;
@@ -437,10 +442,20 @@ impl<'m> Transcriber<'m> {
                 // and the dense encoder, as it would be without silence caching and CoDA.
                 // Clear speech passes both tests. CoDA at r = 4 made noisy speech doubtful
                 // where the dense model was sure, and dropped it.
-                timings.whole_window_rechecks += 1;
-                let whole = TranscribeOptions { silence_cache: false, ..dense.clone() };
-                encoded = encode_again(&whole, &mut timings, &mut encoder_total)?;
-                result = decode(&encoded, prompt, &mut timings, &mut rng)?;
+                // With CoDA the window first gets what the dense default would have decoded
+                // (silence caching, a fifth of a whole window's encode on dev.tsv), and only if
+                // that is in doubt too, the whole window, as the dense default would.
+                if reduced && opts.silence_cache {
+                    timings.dense_rechecks += 1;
+                    encoded = encode_again(&dense, &mut timings, &mut encoder_total)?;
+                    result = decode(&encoded, prompt, &mut timings, &mut rng)?;
+                }
+                if doubtful(&result) {
+                    timings.whole_window_rechecks += 1;
+                    let whole = TranscribeOptions { silence_cache: false, ..dense.clone() };
+                    encoded = encode_again(&whole, &mut timings, &mut encoder_total)?;
+                    result = decode(&encoded, prompt, &mut timings, &mut rng)?;
+                }
             }
             if reduced && !opts.without_timestamps && has_sparse_segment(&result.tokens, tok)? {
                 timings.dense_redecodes += 1;

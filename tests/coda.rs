@@ -539,7 +539,8 @@ fn shipped_adapters_load_and_keep_wer_at_r3_and_r4_on_short_clips() {
         assert_eq!(coda.heavy_fraction.len(), 4);
         // Each layer sends 1 / its own r of the audio block (under 9 s of a 30 s window) heavy:
         // layer l runs at max(1, r × its scale in coda.json). A window that fails a no-speech
-        // test is re-encoded whole and dense, which only raises the reduced layers' shares.
+        // test is re-encoded dense (and whole, if still in doubt), which only raises the
+        // reduced layers' shares.
         let f = &coda.heavy_fraction;
         let layer_r: Vec<f64> = scales.iter().map(|&s| (r * s).max(1.0)).collect();
         let audio_share: Vec<f64> = f.iter().zip(&layer_r).map(|(x, lr)| x * lr).collect();
@@ -554,6 +555,40 @@ fn shipped_adapters_load_and_keep_wer_at_r3_and_r4_on_short_clips() {
         );
         assert!(coda.wer <= bound, "CoDA r = {r} WER {:.2} on {} short dev clips", coda.wer, coda.clips);
     }
+}
+
+#[test]
+fn a_doubtful_window_at_r4_is_decided_as_the_dense_default_would_decide_it() {
+    // "What do I here seek?" (2.7 s of dev.tsv): at r = 4 Whisper's no-speech tests are in
+    // doubt. The dense rescue decodes it again with the dense encoder and silence caching,
+    // which is sure, so no whole window is encoded (until session 31 one was): the reading is
+    // the dense default's.
+    let dir = coda_asr::model::resolve_model_dir("tiny.en").unwrap();
+    let mut model = coda_asr::model::WhisperModel::load(&dir, &Device::Cpu).unwrap();
+    model.attach_coda(&model.default_coda_dir().expect("models/coda-tiny.en is shipped")).unwrap();
+    let t = coda_asr::transcribe::Transcriber::new(&model);
+    let audio = coda_asr::audio::load_mono_16k(&common::speech_dir().join("audio/librispeech_test_other/2414-128291-0003.wav")).unwrap();
+    let at = |reduction: f64, rescue: bool| {
+        let opts = coda_asr::transcribe::TranscribeOptions {
+            encode: EncodeOptions { reduction },
+            dense_rescue: rescue,
+            whole_window_recheck: rescue,
+            ..Default::default()
+        };
+        t.transcribe(&audio, &opts, &mut |_| {}).unwrap()
+    };
+    let dense = at(1.0, true);
+    assert_eq!((dense.timings.dense_rechecks, dense.timings.whole_window_rechecks), (0, 0));
+    let rescued = at(4.0, true);
+    assert_eq!((rescued.timings.dense_rechecks, rescued.timings.whole_window_rechecks), (1, 0));
+    assert_eq!(rescued.text, dense.text);
+    // What the rescue is there for: r = 4 alone reads it otherwise.
+    let alone = at(4.0, false);
+    assert_ne!(alone.text, rescued.text);
+    // The rescue costs one silence-cached dense encode on top of r = 4's (a whole window
+    // would cost twelve times that one here).
+    let extra = rescued.encoder.flops - alone.encoder.flops;
+    assert!((extra / dense.encoder.flops - 1.0).abs() < 1e-6, "{extra} against {}", dense.encoder.flops);
 }
 
 #[test]

@@ -78,8 +78,11 @@ pub struct EvalSummary {
     pub encoder_ms: f64,
     pub decoder_ms: f64,
     pub windows: usize,
-    /// Windows decided again by the dense encoder: doubtful no-speech tests, and (r > 1)
-    /// decodings that skipped speech. Older reports have neither.
+    /// Windows decided again: (r > 1) doubtful no-speech tests by the dense encoder with
+    /// silence caching, then, still in doubt, by whole windows; and (r > 1) decodings that
+    /// skipped speech. Older reports lack some.
+    #[serde(default)]
+    pub dense_rechecks: usize,
     #[serde(default)]
     pub whole_window_rechecks: usize,
     #[serde(default)]
@@ -195,6 +198,7 @@ pub fn run(
         encoder_ms: timings.encoder_ms,
         decoder_ms: timings.decoder_ms,
         windows: timings.windows,
+        dense_rechecks: timings.dense_rechecks,
         whole_window_rechecks: timings.whole_window_rechecks,
         dense_redecodes: timings.dense_redecodes,
         unprompted_retries: timings.unprompted_retries,
@@ -232,7 +236,9 @@ fn metric_rows() -> Vec<(&'static str, fn(&EvalSummary) -> String)> {
         ("encoder ms / 30 s window", |s| format!("{:.1}", s.encoder_ms_per_window)),
         ("decoder ms / token", |s| format!("{:.2}", s.decoder_ms_per_token)),
         ("windows / tokens", |s| format!("{} / {}", s.windows, s.tokens)),
-        ("windows rechecked / re-decoded dense", |s| format!("{} / {}", s.whole_window_rechecks, s.dense_redecodes)),
+        ("windows rechecked dense / whole; re-decoded dense", |s| {
+            format!("{} / {}; {}", s.dense_rechecks, s.whole_window_rechecks, s.dense_redecodes)
+        }),
         ("windows retried without the prompt", |s| s.unprompted_retries.to_string()),
         ("encoder GFLOP run (dense)", |s| format!("{:.1} ({:.1})", s.encoder_gflop, s.encoder_dense_gflop)),
         ("heavy frames % per layer", |s| fmt_fractions(&s.heavy_fraction)),
