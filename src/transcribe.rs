@@ -163,8 +163,8 @@ pub struct Timings {
     /// from the dense encoder with silence caching (the dense rescue's first recheck).
     pub dense_rechecks: usize,
     /// Windows whose silence-cached or reduced (r > 1) encoding left the no-speech decision in
-    /// doubt (after the dense recheck, with the dense rescue) and were encoded again whole
-    /// (and dense, with the dense rescue).
+    /// doubt and were encoded again whole; with the dense rescue, dense and only when the dense
+    /// recheck was in doubt too.
     pub whole_window_rechecks: usize,
     /// Windows encoded at r > 1 whose decoding skipped speech (a long segment with few words)
     /// and were decoded again with the dense encoder.
