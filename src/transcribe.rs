@@ -438,13 +438,12 @@ impl<'m> Transcriber<'m> {
             if approximate && opts.whole_window_recheck && opts.no_speech_threshold.is_some() && doubtful(&result) {
                 // Noise is where Whisper invents "you" and "Thank you.", and the block encoding
                 // shifts both scores there (no-speech 0.52 where the whole window gives over
-                // 0.6 on running water), so a doubtful window is decided by the whole window
-                // and the dense encoder, as it would be without silence caching and CoDA.
-                // Clear speech passes both tests. CoDA at r = 4 made noisy speech doubtful
-                // where the dense model was sure, and dropped it.
-                // With CoDA the window first gets what the dense default would have decoded
-                // (silence caching, a fifth of a whole window's encode on dev.tsv), and only if
-                // that is in doubt too, the whole window, as the dense default would.
+                // 0.6 on running water), so a doubtful window is decided by the whole window,
+                // as it would be without silence caching. Clear speech passes both tests.
+                // CoDA at r = 4 made noisy speech doubtful where the dense model was sure, and
+                // dropped it: with CoDA the window is first decoded as the dense default would
+                // decode it (silence caching, a fifth of a whole window's encode on dev.tsv),
+                // and only if that is in doubt too from the whole window, densely.
                 if reduced && opts.silence_cache {
                     timings.dense_rechecks += 1;
                     encoded = encode_again(&dense, &mut timings, &mut encoder_total)?;
