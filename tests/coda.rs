@@ -251,6 +251,34 @@ fn grid_routing_with_fresh_adapters_is_the_grid_baseline() {
 }
 
 #[test]
+fn the_norm_baseline_runs_the_layer_on_the_loudest_frames_and_passes_the_rest_unchanged() {
+    let model = common::tiny_en();
+    let dense = &model.encoder.dense_layers[1];
+    let layer = &coda_asr::model::baselines::top_k_norm_layers(&model.encoder.dense_layers)[1].1;
+    let x = model.encoder.stem(&real_mel().narrow(2, 0, 1200).unwrap()).unwrap();
+    let n = x.dim(1).unwrap();
+    let max_diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+
+    let (y, stats) = layer.forward(&x, &EncodeOptions { reduction: 1.0 }).unwrap();
+    assert_eq!(stats.heavy_frames, n);
+    assert_eq!(max_diff(&y, &dense.run(&x).unwrap()), 0.0, "r = 1 is the pretrained layer");
+
+    let (y, stats) = layer.forward(&x, &EncodeOptions { reduction: 3.0 }).unwrap();
+    let k = n.div_ceil(3);
+    assert_eq!((stats.heavy_frames, stats.flops), (k, layer_flops(k, 384, 1536)));
+    let norms: Vec<f32> = x.sqr().unwrap().sum(2).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+    let heavy = top_k_in_time_order(&norms, k);
+    let skipped: Vec<u32> = (0..n as u32).filter(|i| !heavy.contains(i)).collect();
+    let quietest_heavy = heavy.iter().map(|&i| norms[i as usize]).fold(f32::INFINITY, f32::min);
+    assert!(skipped.iter().all(|&i| norms[i as usize] <= quietest_heavy), "a louder frame was skipped");
+    let at = |t: &Tensor, frames: &[u32]| t.index_select(&Tensor::new(frames, &Device::Cpu).unwrap(), 1).unwrap();
+    // The heavy frames attend only to each other; the others pass through as they came.
+    let alone = dense.run(&at(&x, &heavy)).unwrap();
+    assert!(max_diff(&at(&y, &heavy), &alone) < 1e-4);
+    assert_eq!(max_diff(&at(&y, &skipped), &at(&x, &skipped)), 0.0);
+}
+
+#[test]
 fn fine_context_layers_attend_to_keys_and_values_pooled_over_half_stretches() {
     let model = common::tiny_en();
     let dense = &model.encoder.dense_layers[1];

@@ -13,20 +13,23 @@ use anyhow::Result;
 use candle_core::{Tensor, D};
 use std::sync::Arc;
 
+/// The heavy frames k and the FLOPs of a reduced layer at this call's r, or None when k is every
+/// frame (r = 1): then the layer is the dense one.
+fn reduced_cost(dense: &DenseLayer, x: &Tensor, opts: &EncodeOptions) -> Result<Option<(usize, f64)>> {
+    let (batch, n, _) = x.dims3()?;
+    let k = opts.heavy_frames(n);
+    Ok((k < n).then(|| (k, batch as f64 * layer_flops(k, dense.d, dense.ffn))))
+}
+
 pub struct TopKNormLayer {
     pub dense: Arc<DenseLayer>,
 }
 
 impl EncoderBlock for TopKNormLayer {
     fn forward(&self, x: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, BlockStats)> {
-        let (batch, n, _) = x.dims3()?;
-        let k = opts.heavy_frames(n);
-        let flops = batch as f64 * layer_flops(k, self.dense.d, self.dense.ffn);
-        if k == n {
-            return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
-        }
+        let Some((k, flops)) = reduced_cost(&self.dense, x, opts)? else { return self.dense.forward(x, opts) };
         let norms: Vec<Vec<f32>> = x.sqr()?.sum(D::Minus1)?.to_vec2()?;
-        let mut rows = Vec::with_capacity(batch);
+        let mut rows = Vec::with_capacity(norms.len());
         for (bi, row) in norms.iter().enumerate() {
             let idx = Tensor::new(top_k_in_time_order(row, k).as_slice(), x.device())?;
             let xb = x.narrow(0, bi, 1)?;
@@ -48,12 +51,7 @@ pub struct GridLayer {
 
 impl EncoderBlock for GridLayer {
     fn forward(&self, x: &Tensor, opts: &EncodeOptions) -> Result<(Tensor, BlockStats)> {
-        let (batch, n, _) = x.dims3()?;
-        let k = opts.heavy_frames(n);
-        let flops = batch as f64 * layer_flops(k, self.dense.d, self.dense.ffn);
-        if k == n {
-            return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
-        }
+        let Some((k, flops)) = reduced_cost(&self.dense, x, opts)? else { return self.dense.forward(x, opts) };
         Ok((add_grid_update(&self.dense, x, x, opts.reduction, super::coda::Routing::Grid)?, BlockStats { heavy_frames: k, flops }))
     }
 }
