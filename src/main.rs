@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Transcribe audio files (WAV, FLAC, MP3, OGG) or every audio file in a directory.
     #[command(
-        after_help = "Examples:\n  coda-asr transcribe assets/lj001-0001.wav\n  coda-asr transcribe talk.mp3 --format srt --output-dir subs/\n  coda-asr transcribe recordings/ --format json --output-dir out/\n  coda-asr transcribe interview.wav --model models/base --language de"
+        after_help = "Examples:\n  coda-asr transcribe assets/lj001-0001.wav\n  coda-asr transcribe talk.mp3 --format srt,vtt --output-dir subs/\n  coda-asr transcribe recordings/ --format json --output-dir out/\n  coda-asr transcribe interview.wav --model models/base --language de"
     )]
     Transcribe(TranscribeArgs),
     /// Score transcription against a manifest: WER, per-stage time, RTF and encoder cost.
@@ -175,9 +175,12 @@ struct TranscribeArgs {
     /// Audio files or directories.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value = "txt")]
-    format: Format,
-    /// Write one file per input here (named after the input) instead of printing.
+    /// Output format; several separated by commas (`srt,vtt`) or `all` write one file of each
+    /// per input, which needs --output-dir.
+    #[arg(long, value_delimiter = ',', default_value = "txt",
+          value_parser = clap::builder::PossibleValuesParser::new(["txt", "srt", "vtt", "json", "all"]))]
+    format: Vec<String>,
+    /// Write one file per input and format here (named after the input) instead of printing.
     #[arg(long)]
     output_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -656,11 +659,63 @@ fn progress_bar(total_s: f64, name: &str) -> ProgressBar {
     pb
 }
 
+/// The formats `--format` names, in the order given, each once.
+fn output_formats(names: &[String]) -> Vec<Format> {
+    let mut formats = Vec::new();
+    for name in names {
+        let named = match name.as_str() {
+            "all" => Format::ALL.to_vec(),
+            one => vec![<Format as clap::ValueEnum>::from_str(one, false).expect("clap checked the name")],
+        };
+        for format in named {
+            if !formats.contains(&format) {
+                formats.push(format);
+            }
+        }
+    }
+    formats
+}
+
+/// Where each input's transcript goes under `dir`, in each format. Two inputs with the same
+/// name stem (`a/talk.wav` and `b/talk.wav`, or `talk.wav` and `talk.mp3`) would write the same
+/// files, the second over the first, so they are refused before anything runs.
+fn output_paths(files: &[PathBuf], dir: &Path, formats: &[Format]) -> Result<Vec<Vec<(Format, PathBuf)>>> {
+    let mut first_with_stem: std::collections::HashMap<String, &PathBuf> = std::collections::HashMap::new();
+    files
+        .iter()
+        .map(|file| {
+            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "transcript".into());
+            let paths: Vec<(Format, PathBuf)> = formats.iter().map(|&f| (f, dir.join(format!("{stem}.{}", f.extension())))).collect();
+            if let Some(first) = first_with_stem.insert(stem, file) {
+                bail!(
+                    "{} and {} would both be written to {}: transcribe them into different --output-dir folders",
+                    first.display(),
+                    file.display(),
+                    paths[0].1.display()
+                );
+            }
+            Ok(paths)
+        })
+        .collect()
+}
+
 fn cmd_transcribe(args: TranscribeArgs) -> Result<ExitCode> {
+    let formats = output_formats(&args.format);
+    if formats.len() > 1 && args.output_dir.is_none() {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, "several --format values write files: give --output-dir")
+            .exit();
+    }
     let files = expand_inputs(&args.inputs);
     if files.is_empty() {
         bail!("no audio files to transcribe");
     }
+    // Per input, its output file in each format (none when printing).
+    let outputs = match &args.output_dir {
+        Some(dir) => output_paths(&files, dir, &formats)?,
+        None => vec![Vec::new(); files.len()],
+    };
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
     let opts = args.decode.options(&model, args.model.baseline);
@@ -668,8 +723,9 @@ fn cmd_transcribe(args: TranscribeArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     }
     let mut failures = 0;
-    for file in &files {
-        match transcribe_one(&transcriber, file, &args, &opts, files.len() > 1) {
+    for (file, outputs) in files.iter().zip(&outputs) {
+        let print = if outputs.is_empty() { Some(formats[0]) } else { None };
+        match transcribe_one(&transcriber, file, &opts, outputs, print, files.len() > 1) {
             Ok(()) => {}
             Err(e) => {
                 failures += 1;
@@ -684,7 +740,15 @@ fn cmd_transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn transcribe_one(t: &Transcriber, file: &Path, args: &TranscribeArgs, opts: &TranscribeOptions, many: bool) -> Result<()> {
+/// Transcribe one file, then write it to each of `outputs` and print it in `print`.
+fn transcribe_one(
+    t: &Transcriber,
+    file: &Path,
+    opts: &TranscribeOptions,
+    outputs: &[(Format, PathBuf)],
+    print: Option<Format>,
+    many: bool,
+) -> Result<()> {
     let audio = coda_asr::audio::load_mono_16k(file)?;
     let duration = audio.len() as f64 / 16_000.0;
     let name = file.display().to_string();
@@ -693,20 +757,16 @@ fn transcribe_one(t: &Transcriber, file: &Path, args: &TranscribeArgs, opts: &Tr
         .transcribe(&audio, opts, &mut |done| pb.set_position((done * 10.0) as u64))
         .with_context(|| format!("{name}: transcription failed"))?;
     pb.finish_and_clear();
-    let text = render(&transcript, args.format, &name, &t.model.name())?;
-    match &args.output_dir {
-        Some(dir) => {
-            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "transcript".into());
-            let out = dir.join(format!("{stem}.{}", args.format.extension()));
-            std::fs::write(&out, text).with_context(|| format!("{}: cannot write", out.display()))?;
-            eprintln!("{name} -> {}", out.display());
+    for (format, out) in outputs {
+        let text = render(&transcript, *format, &name, &t.model.name())?;
+        std::fs::write(out, text).with_context(|| format!("{}: cannot write", out.display()))?;
+        eprintln!("{name} -> {}", out.display());
+    }
+    if let Some(format) = print {
+        if many && format == Format::Txt {
+            println!("==> {name} <==");
         }
-        None => {
-            if many && args.format == Format::Txt {
-                println!("==> {name} <==");
-            }
-            print!("{text}");
-        }
+        print!("{}", render(&transcript, format, &name, &t.model.name())?);
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ pub enum Format {
 }
 
 impl Format {
+    pub const ALL: [Format; 4] = [Format::Txt, Format::Srt, Format::Vtt, Format::Json];
+
     pub fn extension(self) -> &'static str {
         match self {
             Format::Txt => "txt",

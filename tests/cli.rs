@@ -31,6 +31,49 @@ fn one_bad_file_does_not_stop_the_batch() {
 }
 
 #[test]
+fn several_formats_are_written_side_by_side_and_clashing_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let transcribe = |args: &[&str], inputs: &[&std::path::Path]| {
+        let output = Command::new(common::binary()).arg("transcribe").args(args).args(inputs).output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+
+    // `all` (and txt named again): one file of each format, each once.
+    let out = dir.path().join("all");
+    let (code, stderr) = transcribe(&["--format", "all,txt", "--output-dir", out.to_str().unwrap()], &[&clip]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["LJ001-0001.json", "LJ001-0001.srt", "LJ001-0001.txt", "LJ001-0001.vtt"]);
+    let read = |ext: &str| std::fs::read_to_string(out.join(format!("LJ001-0001.{ext}"))).unwrap();
+    assert!(read("srt").starts_with("1\n00:00:00,000 --> "), "{}", read("srt"));
+    assert!(read("vtt").starts_with("WEBVTT\n\n00:00:00.000 --> "), "{}", read("vtt"));
+    let json: serde_json::Value = serde_json::from_str(&read("json")).unwrap();
+    let text = json["text"].as_str().unwrap().to_lowercase();
+    assert!(text.contains("printing") && read("txt").to_lowercase().contains("printing"), "{text}");
+
+    // Several formats cannot all go to the terminal.
+    let (code, stderr) = transcribe(&["--format", "srt,vtt"], &[&clip]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--output-dir"), "{stderr}");
+
+    // talk.wav and talk.flac in one folder would both write talk.txt: refused before anything
+    // runs, so neither transcript is lost (the FLAC is never read).
+    let folder = dir.path().join("clash");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(&clip, folder.join("talk.wav")).unwrap();
+    std::fs::write(folder.join("talk.flac"), b"not read").unwrap();
+    let clash_out = dir.path().join("clash-out");
+    let (code, stderr) = transcribe(&["--output-dir", clash_out.to_str().unwrap()], &[&folder]);
+    assert_eq!(code, Some(1), "{stderr}");
+    for named in ["talk.wav", "talk.flac", "talk.txt"] {
+        assert!(stderr.contains(named), "{named}: {stderr}");
+    }
+    assert!(!clash_out.exists(), "something was written");
+}
+
+#[test]
 fn missing_model_is_a_clear_error() {
     let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
     let output = Command::new(common::binary()).args(["transcribe", "--model", "no-such-model"]).arg(&good).output().unwrap();
