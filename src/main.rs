@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Transcribe audio files (WAV, FLAC, MP3, OGG) or every audio file in a directory.
     #[command(
-        after_help = "Examples:\n  coda-asr transcribe assets/lj001-0001.wav\n  coda-asr transcribe talk.mp3 --format srt,vtt --output-dir subs/\n  coda-asr transcribe recordings/ --format json --output-dir out/\n  coda-asr transcribe interview.wav --model models/base --language de"
+        after_help = "Examples:\n  coda-asr transcribe assets/LJ001-0001.wav\n  coda-asr transcribe talk.mp3 --format srt,vtt --output-dir subs/\n  coda-asr transcribe recordings/ --format json --output-dir out/\n  coda-asr transcribe interview.wav --model models/base --language de"
     )]
     Transcribe(TranscribeArgs),
     /// Score transcription against a manifest: WER, per-stage time, RTF and encoder cost.
@@ -54,7 +54,7 @@ enum Command {
     Bench(BenchArgs),
     /// Train CoDA routers and adapters by distillation from the frozen dense model.
     #[command(
-        after_help = "Example (the command that produced the shipped adapters is in the README):\n  coda-asr train --manifest ../shared/speech/train.tsv --out models/coda-tiny.en --max-minutes 60 --seed 1"
+        after_help = "Example (the command that produced the shipped adapters is in the README):\n  coda-asr train --manifest ../shared/speech/train.tsv --out my-adapters --max-minutes 60 --seed 1\n  coda-asr transcribe talk.wav --coda my-adapters --reduction 2"
     )]
     Train(TrainArgs),
     /// Held-out distillation losses of adapters: the KL and encoder MSE that `train` minimises,

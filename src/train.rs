@@ -389,6 +389,13 @@ pub struct StepLog {
 /// `opts.out_dir`, checkpointing as it goes. `progress` sees every step.
 pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn FnMut(&StepLog, f64)) -> Result<Vec<StepLog>> {
     ensure!(!opts.reductions.is_empty(), "no reduction factors to train for");
+    // A fresh run checkpoints over whatever adapters are there (the shipped ones, for
+    // `--out models/coda-tiny.en`), so it must not start where some already are.
+    ensure!(
+        opts.resume || !opts.out_dir.join("coda.json").exists(),
+        "{}: already holds adapters (coda.json), which a fresh run would overwrite; --resume continues them, or choose another --out",
+        opts.out_dir.display()
+    );
     ensure!((0.0..=1.0).contains(&opts.timestamp_share), "--timestamp-share must be between 0 and 1, got {}", opts.timestamp_share);
     ensure!((0.0..=1.0).contains(&opts.synthetic_share), "--synthetic-share must be between 0 and 1, got {}", opts.synthetic_share);
     ensure!((0.0..=1.0).contains(&opts.prompt_share), "--prompt-share must be between 0 and 1, got {}", opts.prompt_share);

@@ -173,6 +173,13 @@ fn train_refuses_bad_mix_options() {
     assert!(stderr.contains(&format!("{}: cannot read manifest", missing.display())), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!dir.path().join("adapters").exists(), "a refused run must not write adapters");
+    // Adapters already in --out are continued with --resume, never overwritten by a fresh run.
+    std::fs::create_dir(dir.path().join("adapters")).unwrap();
+    std::fs::write(dir.path().join("adapters/coda.json"), "{}").unwrap();
+    let (code, stderr) = train(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("already holds adapters") && stderr.contains("--resume"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("adapters/coda.json")).unwrap(), "{}");
 }
 
 #[test]
