@@ -18,12 +18,14 @@ for arg in "$@"; do
 done
 
 # cpal (live capture) needs ALSA headers and pkg-config to build; the tests use sox to make
-# FLAC files, and a private PulseAudio server with a null sink (reached through ALSA's pulse
+# FLAC files, ffmpeg to make M4A and Opus files (and to read Opus, which nothing in Rust
+# decodes), and a private PulseAudio server with a null sink (reached through ALSA's pulse
 # plugin) to test live capture from a real audio server on machines without a sound card.
 missing=()
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 dpkg -s libasound2-dev >/dev/null 2>&1 || missing+=(libasound2-dev)
 command -v sox >/dev/null || missing+=(sox)
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
 command -v pulseaudio >/dev/null || missing+=(pulseaudio)
 command -v paplay >/dev/null || missing+=(pulseaudio-utils)
 dpkg -s libasound2-plugins >/dev/null 2>&1 || missing+=(libasound2-plugins)

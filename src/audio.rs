@@ -1,6 +1,8 @@
 //! Reading audio files into 16 kHz mono f32: WAV through hound (8/16/24/32-bit integer and
-//! 32-bit float), FLAC/MP3/OGG Vorbis through symphonia; any channel count is mixed down and
-//! any sample rate is resampled with rubato.
+//! 32-bit float); other WAV encodings (A-law, µ-law, ADPCM), FLAC, MP3, OGG Vorbis, M4A/MP4
+//! (AAC, ALAC) through symphonia; anything else (Opus, WebM, AC-3, video files…) through
+//! ffmpeg when it is installed. Any channel count is mixed down and any sample rate is
+//! resampled with rubato.
 
 use std::fs::File;
 use std::io::Read;
@@ -62,7 +64,15 @@ pub fn decode_file(path: &Path) -> Result<DecodedAudio, AudioError> {
         return Err(AudioError::NotAudio { path: p, reason: "the file is empty".into() });
     }
     let is_riff = n >= 4 && (&magic[..4] == b"RIFF" || &magic[..4] == b"RIFX" || &magic[..4] == b"RF64");
-    let decoded = if is_riff { decode_wav(path)? } else { decode_other(path)? };
+    let decoded = if is_riff {
+        // hound reads PCM and float WAV exactly; symphonia and ffmpeg take the other encodings.
+        match decode_wav(path) {
+            Err(AudioError::Unsupported { .. }) => decode_other_or_ffmpeg(path)?,
+            other => other?,
+        }
+    } else {
+        decode_other_or_ffmpeg(path)?
+    };
     if decoded.samples.is_empty() {
         return Err(AudioError::Empty { path: p });
     }
@@ -125,6 +135,86 @@ fn decode_wav(path: &Path) -> Result<DecodedAudio, AudioError> {
         }
     };
     Ok(DecodedAudio { samples, channels: spec.channels as usize, sample_rate: spec.sample_rate as usize })
+}
+
+/// symphonia first (in process, pure Rust); ffmpeg for what it cannot read.
+fn decode_other_or_ffmpeg(path: &Path) -> Result<DecodedAudio, AudioError> {
+    match decode_other(path) {
+        Err(unread @ (AudioError::NotAudio { .. } | AudioError::Unsupported { .. })) => match decode_with_ffmpeg(path)? {
+            Some(decoded) => Ok(decoded),
+            None => Err(match unread {
+                AudioError::NotAudio { path, reason } => {
+                    AudioError::NotAudio { path, reason: format!("{reason}; with ffmpeg installed it would be tried too") }
+                }
+                AudioError::Unsupported { path, what } => {
+                    AudioError::Unsupported { path, what: format!("{what} (install ffmpeg to read this format)") }
+                }
+                other => other,
+            }),
+        },
+        other => other,
+    }
+}
+
+/// Decode with the ffmpeg command-line tool, keeping the file's rate and channels (ffprobe
+/// reads them). Ok(None) when ffmpeg is not installed.
+fn decode_with_ffmpeg(path: &Path) -> Result<Option<DecodedAudio>, AudioError> {
+    use std::process::{Command, Stdio};
+    let p = path.to_path_buf();
+    // The `file:` protocol keeps a name such as `-x.ogg` or `http:…` a local file.
+    let mut input = std::ffi::OsString::from("file:");
+    input.push(path.as_os_str());
+    let last_line = |stderr: &[u8]| {
+        String::from_utf8_lossy(stderr).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_string()
+    };
+    let probe = match Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=sample_rate,channels",
+            "-of",
+            "default=noprint_wrappers=1",
+        ])
+        .arg(&input)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(probe) => probe,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AudioError::Io { path: p, reason: format!("cannot run ffprobe: {e}") }),
+    };
+    if !probe.status.success() {
+        return Err(AudioError::NotAudio {
+            path: p,
+            reason: format!("neither symphonia nor ffmpeg reads it: {}", last_line(&probe.stderr)),
+        });
+    }
+    let fields = String::from_utf8_lossy(&probe.stdout).into_owned();
+    let field =
+        |name: &str| fields.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix('=')?.trim().parse::<usize>().ok()).filter(|&v| v > 0);
+    let (Some(sample_rate), Some(channels)) = (field("sample_rate"), field("channels")) else {
+        return Err(AudioError::NotAudio { path: p, reason: "ffmpeg finds no audio stream in it".into() });
+    };
+    let decoded = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(&input)
+        .args(["-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| AudioError::Io { path: p.clone(), reason: format!("cannot run ffmpeg: {e}") })?;
+    if !decoded.status.success() {
+        return Err(AudioError::Corrupt { path: p, reason: format!("ffmpeg: {}", last_line(&decoded.stderr)) });
+    }
+    let samples = decoded
+        .stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .map(|v| if v.is_finite() { v } else { 0.0 })
+        .collect();
+    Ok(Some(DecodedAudio { samples, channels, sample_rate }))
 }
 
 fn decode_other(path: &Path) -> Result<DecodedAudio, AudioError> {

@@ -111,18 +111,18 @@ fn bad_inputs_give_errors_naming_the_file() {
     std::fs::write(&cut, &bytes[..bytes.len() / 2 + 1]).unwrap();
     assert!(matches!(load_mono_16k(&cut), Err(AudioError::Corrupt { .. })));
 
-    // A-law (format code 6) is a WAV encoding we do not decode.
-    let mut alaw = bytes[..44].to_vec();
-    alaw[20] = 6;
-    alaw[34] = 8;
-    alaw.extend_from_slice(&[0x55; 100]);
-    let alaw_path = d.join("alaw.wav");
-    std::fs::write(&alaw_path, &alaw).unwrap();
-    assert!(matches!(load_mono_16k(&alaw_path), Err(AudioError::Unsupported { .. }) | Err(AudioError::Corrupt { .. })));
+    // A WAV format code nobody defines (0x1234): no decoder reads it.
+    let mut unknown = bytes[..44].to_vec();
+    unknown[20..22].copy_from_slice(&0x1234u16.to_le_bytes());
+    unknown.extend_from_slice(&[0x55; 100]);
+    let unknown_path = d.join("unknown-encoding.wav");
+    std::fs::write(&unknown_path, &unknown).unwrap();
+    let unread = load_mono_16k(&unknown_path);
+    assert!(matches!(unread, Err(AudioError::Unsupported { .. } | AudioError::NotAudio { .. } | AudioError::Corrupt { .. })), "{unread:?}");
 
     assert!(matches!(decode_file(d), Err(AudioError::NotAudio { .. }) | Err(AudioError::Io { .. })));
 
-    for path in [&missing, &text, &empty_file, &header_only, &zero, &cut, &alaw_path] {
+    for path in [&missing, &text, &empty_file, &header_only, &zero, &cut, &unknown_path] {
         let msg = load_mono_16k(path).unwrap_err().to_string();
         assert!(msg.contains(&path.display().to_string()), "error does not name the file: {msg}");
     }
@@ -140,4 +140,35 @@ fn reads_flac_through_symphonia() {
     let b = load_mono_16k(&flac).unwrap();
     assert_eq!(a.len(), b.len());
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4));
+}
+
+#[test]
+fn reads_wav_encodings_hound_does_not() {
+    // A-law and µ-law WAV, made with sox from a real clip, go through symphonia.
+    let wav = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let dir = tempfile::tempdir().unwrap();
+    let reference = load_mono_16k(&wav).unwrap();
+    for encoding in ["a-law", "u-law"] {
+        let coded = dir.path().join(format!("{encoding}.wav"));
+        let ok = std::process::Command::new("sox").arg(&wav).args(["-e", encoding]).arg(&coded).status().map(|s| s.success());
+        assert!(ok.unwrap_or(false), "sox is needed for this test (apt-get install sox)");
+        let audio = load_mono_16k(&coded).unwrap();
+        assert_eq!(audio.len(), reference.len(), "{encoding}");
+        assert!(best_correlation(&reference, &audio) > 0.99, "{encoding}");
+    }
+}
+
+/// The largest normalised correlation between one second of `a` (from 2 s in) and `b` shifted
+/// by up to ±0.1 s: lossy codecs and their start-up delays keep it high for the same audio.
+fn best_correlation(a: &[f32], b: &[f32]) -> f64 {
+    let (start, len, max_lag) = (32_000usize, 16_000usize, 1_600usize);
+    let x = &a[start..start + len];
+    let energy = |s: &[f32]| s.iter().map(|&v| v as f64 * v as f64).sum::<f64>();
+    (start - max_lag..=start + max_lag)
+        .filter(|&at| at + len <= b.len())
+        .map(|at| {
+            let y = &b[at..at + len];
+            x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>() / (energy(x) * energy(y)).sqrt().max(1e-12)
+        })
+        .fold(f64::MIN, f64::max)
 }
