@@ -1,6 +1,6 @@
 //! The `coda-asr` command line.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use coda_asr::device::{DTypeChoice, DeviceChoice};
 use coda_asr::eval;
@@ -176,7 +176,8 @@ struct TranscribeArgs {
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Output format; several separated by commas (`srt,vtt`) or `all` write one file of each
-    /// per input, which needs --output-dir.
+    /// per input, which needs --output-dir. json printed for several inputs is JSON Lines
+    /// (one document per line, per file).
     #[arg(long, value_delimiter = ',', default_value = "txt",
           value_parser = clap::builder::PossibleValuesParser::new(["txt", "srt", "vtt", "json", "all"]))]
     format: Vec<String>,
@@ -238,7 +239,8 @@ struct LiveArgs {
     /// Append finals to this file.
     #[arg(long)]
     save: Option<PathBuf>,
-    /// Keep the 16 kHz audio in this WAV file.
+    /// Keep the 16 kHz audio in this new WAV file (an existing file is refused, never
+    /// overwritten).
     #[arg(long)]
     record: Option<PathBuf>,
     #[command(flatten)]
@@ -763,10 +765,11 @@ fn transcribe_one(
         eprintln!("{name} -> {}", out.display());
     }
     if let Some(format) = print {
-        if many && format == Format::Txt {
-            println!("==> {name} <==");
+        match format {
+            Format::Txt if many => print!("==> {name} <==\n{}", render(&transcript, format, &name, &t.model.name())?),
+            Format::Json if many => print!("{}", coda_asr::output::to_json_line(&transcript, &name, &t.model.name())?),
+            _ => print!("{}", render(&transcript, format, &name, &t.model.name())?),
         }
-        print!("{}", render(&transcript, format, &name, &t.model.name())?);
     }
     Ok(())
 }
@@ -994,21 +997,31 @@ fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
     let (tap_tx, tap_rx) = crossbeam_channel::unbounded::<Vec<f32>>();
     let _resampler = source::start_resampler(queue.clone(), tap_tx)?;
     // Recording sits between resampler and recogniser so it never slows capture.
-    let mut recorder = match &args.record {
-        Some(path) => Some(
-            hound::WavWriter::create(
-                path,
-                hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int },
-            )
-            .with_context(|| format!("{}: cannot create", path.display()))?,
-        ),
+    let recorder = match &args.record {
+        Some(path) => Some(create_recording(path)?),
         None => None,
     };
+    let record_path = args.record.clone();
     let tap = std::thread::spawn(move || -> Result<()> {
+        let mut recorder = recorder;
+        let mut since_flush = 0usize;
+        let mut failure = None;
         for chunk in tap_rx {
             if let Some(w) = recorder.as_mut() {
-                for &s in &chunk {
-                    w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+                let written = chunk.iter().try_for_each(|&s| w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16));
+                since_flush += chunk.len();
+                // Rewrite the header about once a second, so that a crash or a killed process
+                // leaves a WAV file that plays up to the last second.
+                let flushed = if written.is_ok() && since_flush >= 16_000 {
+                    since_flush = 0;
+                    w.flush()
+                } else {
+                    Ok(())
+                };
+                // A full disk stops the recording, not the transcription.
+                if let Err(e) = written.and(flushed) {
+                    failure = Some(e);
+                    recorder = None;
                 }
             }
             if audio_tx.send(chunk).is_err() {
@@ -1018,7 +1031,10 @@ fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
         if let Some(w) = recorder {
             w.finalize()?;
         }
-        Ok(())
+        match (failure, record_path) {
+            (Some(e), Some(path)) => Err(anyhow!("{}: the recording stopped early: {e}", path.display())),
+            _ => Ok(()),
+        }
     });
     let (control_tx, control_rx) = crossbeam_channel::unbounded::<Control>();
     {
@@ -1082,14 +1098,31 @@ fn cmd_live(args: LiveArgs) -> Result<ExitCode> {
         }
         Ok(failed)
     })?;
-    if let Ok(Err(e)) = tap.join() {
-        eprintln!("error: recording: {e:#}");
-    }
+    let recording_failed = match tap.join() {
+        Ok(Err(e)) => {
+            eprintln!("error: {e:#}");
+            true
+        }
+        _ => false,
+    };
     if let Some(msg) = queue.failure.lock().ok().and_then(|f| f.clone()) {
         eprintln!("error: {msg}; the transcript so far is kept");
         return Ok(ExitCode::FAILURE);
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed || recording_failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// A new 16 kHz mono WAV file for `live --record`. An existing file is refused rather than
+/// overwritten: a recording cannot be made again.
+fn create_recording(path: &Path) -> Result<hound::WavWriter<std::io::BufWriter<std::fs::File>>> {
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            anyhow!("{}: already exists; --record never overwrites a file: remove it or give another name", path.display())
+        }
+        _ => anyhow!("{}: cannot create: {e}", path.display()),
+    })?;
+    let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    hound::WavWriter::new(std::io::BufWriter::new(file), spec).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {

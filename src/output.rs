@@ -89,8 +89,20 @@ struct JsonTranscript<'a> {
     encoder: &'a crate::model::EncodeStats,
 }
 
+/// One transcript as an indented JSON document.
 pub fn to_json(t: &Transcript, file: &str, model: &str) -> Result<String> {
-    let doc = JsonTranscript {
+    Ok(serde_json::to_string_pretty(&json_document(t, file, model))? + "\n")
+}
+
+/// One transcript as a single line of JSON: several files printed to stdout one after the
+/// other stay readable as JSON Lines (one document per line), where indented documents
+/// back to back would not parse as anything.
+pub fn to_json_line(t: &Transcript, file: &str, model: &str) -> Result<String> {
+    Ok(serde_json::to_string(&json_document(t, file, model))? + "\n")
+}
+
+fn json_document<'a>(t: &'a Transcript, file: &'a str, model: &'a str) -> JsonTranscript<'a> {
+    JsonTranscript {
         file,
         model,
         language: &t.language,
@@ -113,8 +125,7 @@ pub fn to_json(t: &Transcript, file: &str, model: &str) -> Result<String> {
             .collect(),
         timings: &t.timings,
         encoder: &t.encoder,
-    };
-    Ok(serde_json::to_string_pretty(&doc)? + "\n")
+    }
 }
 
 pub fn render(t: &Transcript, format: Format, file: &str, model: &str) -> Result<String> {

@@ -74,6 +74,55 @@ fn several_formats_are_written_side_by_side_and_clashing_names_are_refused() {
 }
 
 #[test]
+fn json_for_several_files_on_stdout_is_one_document_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let copy = dir.path().join("again.wav");
+    std::fs::copy(&clip, &copy).unwrap();
+    let output = Command::new(common::binary()).args(["transcribe", "--format", "json"]).arg(&clip).arg(&copy).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let documents: Vec<serde_json::Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(documents.len(), 2, "{stdout}");
+    for (document, file) in documents.iter().zip([&clip, &copy]) {
+        assert_eq!(document["file"].as_str(), Some(file.to_str().unwrap()));
+        assert!(document["text"].as_str().unwrap().to_lowercase().contains("printing"), "{document}");
+    }
+}
+
+#[test]
+fn m4a_is_read_in_process_and_opus_through_ffmpeg() {
+    // Both made with ffmpeg from a real clip (scripts/setup.sh and .ci/run install it).
+    let dir = tempfile::tempdir().unwrap();
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let (m4a, opus) = (dir.path().join("memo.m4a"), dir.path().join("voice-note.opus"));
+    for (out, codec) in [(&m4a, "aac"), (&opus, "libopus")] {
+        let made =
+            Command::new("ffmpeg").args(["-nostdin", "-v", "error", "-i"]).arg(&clip).args(["-ac", "2", "-c:a", codec]).arg(out).status();
+        assert!(made.map(|s| s.success()).unwrap_or(false), "ffmpeg is needed for this test (apt-get install ffmpeg)");
+    }
+    let transcribe = |file: &std::path::Path, with_ffmpeg: bool| {
+        let mut command = Command::new(common::binary());
+        if !with_ffmpeg {
+            command.env("PATH", dir.path());
+        }
+        let output = command.arg("transcribe").arg(file).output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stdout).to_lowercase(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    // AAC in MP4 needs no ffmpeg.
+    let (code, stdout, stderr) = transcribe(&m4a, false);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("printing") && stdout.contains("exhibition"), "{stdout}");
+    // Opus does; without it, the error names the file and says what would read it.
+    let (code, _, stderr) = transcribe(&opus, false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("voice-note.opus") && stderr.contains("install ffmpeg"), "{stderr}");
+    let (code, stdout, stderr) = transcribe(&opus, true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("printing") && stdout.contains("exhibition"), "{stdout}");
+}
+
+#[test]
 fn missing_model_is_a_clear_error() {
     let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
     let output = Command::new(common::binary()).args(["transcribe", "--model", "no-such-model"]).arg(&good).output().unwrap();

@@ -99,12 +99,45 @@ fn monitor_layout_fits_80_by_24() {
 #[test]
 fn live_replay_of_a_real_clip_gives_its_words() {
     let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
-    let out = Command::new(common::binary()).args(["live", "--dense", "--no-tui", "--speed", "2", "--input"]).arg(&wav).output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("session.wav");
+    let out = Command::new(common::binary())
+        .args(["live", "--dense", "--no-tui", "--speed", "2", "--record"])
+        .arg(&recording)
+        .arg("--input")
+        .arg(&wav)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let reference = "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition";
     let counts = coda_asr::eval::score(reference, &stdout.replace('\n', " "));
     assert!(counts.wer() < 15.0, "WER {:.1}: {stdout}", counts.wer());
+    // The recording holds the whole clip at 16 kHz mono.
+    let kept = hound::WavReader::open(&recording).unwrap();
+    assert_eq!((kept.spec().sample_rate, kept.spec().channels), (16_000, 1));
+    let clip_seconds = coda_asr::audio::load_mono_16k(&wav).unwrap().len() as f64 / 16_000.0;
+    let kept_seconds = kept.duration() as f64 / 16_000.0;
+    assert!((kept_seconds - clip_seconds).abs() < 0.1, "recorded {kept_seconds:.2} s of a {clip_seconds:.2} s clip");
+}
+
+#[test]
+fn an_existing_recording_is_never_overwritten() {
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("yesterday.wav");
+    std::fs::write(&recording, b"yesterday's meeting").unwrap();
+    let out = Command::new(common::binary())
+        .args(["live", "--dense", "--no-tui", "--speed", "8", "--record"])
+        .arg(&recording)
+        .arg("--input")
+        .arg(&wav)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an existing --record file was accepted");
+    assert!(stderr.contains("yesterday.wav") && stderr.contains("already exists"), "{stderr}");
+    assert_eq!(std::fs::read(&recording).unwrap(), b"yesterday's meeting");
 }
 
 #[test]
