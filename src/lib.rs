@@ -13,3 +13,4 @@ pub mod stream;
 pub mod train;
 pub mod transcribe;
 pub mod tui;
+pub mod words;

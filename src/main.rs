@@ -184,6 +184,10 @@ struct TranscribeArgs {
     /// Write one file per input and format here (named after the input) instead of printing.
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// Time every word (openai/whisper's cross-attention alignment): json segments get
+    /// `words` with start, end and probability, and segment times follow their words.
+    #[arg(long)]
+    word_timestamps: bool,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -720,7 +724,7 @@ fn cmd_transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     };
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
-    let opts = args.decode.options(&model, args.model.baseline);
+    let opts = TranscribeOptions { word_timestamps: args.word_timestamps, ..args.decode.options(&model, args.model.baseline) };
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     }

@@ -75,6 +75,8 @@ struct JsonSegment<'a> {
     compression_ratio: f64,
     temperature: f32,
     tokens: &'a [u32],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    words: &'a [crate::words::Word],
 }
 
 #[derive(Serialize)]
@@ -121,6 +123,7 @@ fn json_document<'a>(t: &'a Transcript, file: &'a str, model: &'a str) -> JsonTr
                 compression_ratio: s.compression_ratio,
                 temperature: s.temperature,
                 tokens: &s.tokens,
+                words: &s.words,
             })
             .collect(),
         timings: &t.timings,

@@ -9,6 +9,7 @@ use crate::model::step::StepState;
 use crate::model::{silence, DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use crate::rng::Rng;
 use crate::stream::vad::{has_voiced_frames, voiced_seconds};
+use crate::words::{self, Word};
 use anyhow::{bail, Result};
 use candle_core::{DType, IndexOp, Tensor};
 use serde::Serialize;
@@ -100,6 +101,9 @@ pub struct TranscribeOptions {
     /// without the prompt (see [`VOICED_SECONDS_PER_WORD_AT_LEAST`]). Streaming has its own
     /// retry, on the pass as a whole.
     pub unprompted_retry: bool,
+    /// Time each word of every segment (see [`crate::words`]): one more teacher-forced decoder
+    /// pass per window.
+    pub word_timestamps: bool,
 }
 
 impl TranscribeOptions {
@@ -133,6 +137,7 @@ impl Default for TranscribeOptions {
             whole_window_recheck: true,
             skip_unvoiced_windows: true,
             unprompted_retry: true,
+            word_timestamps: false,
             draft: Vec::new(),
         }
     }
@@ -149,6 +154,9 @@ pub struct Segment {
     pub avg_logprob: f64,
     pub compression_ratio: f64,
     pub no_speech_prob: f64,
+    /// Each word and its time, with `--word-timestamps`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<Word>,
 }
 
 /// Wall time per stage, in milliseconds, and the tokens decoded (fallback retries included).
@@ -526,6 +534,7 @@ impl<'m> Transcriber<'m> {
                 seek = previous_seek + segment_size;
             }
 
+            let window_first_segment = segments.len();
             for (start, end, seg_tokens) in new_segments {
                 let text = tok.decode_text(&seg_tokens)?;
                 all_tokens.extend(seg_tokens.iter().copied().filter(|&t| t < tok.eot || tok.is_timestamp(t)));
@@ -543,7 +552,14 @@ impl<'m> Transcriber<'m> {
                     avg_logprob: result.avg_logprob,
                     compression_ratio: result.compression_ratio,
                     no_speech_prob: result.no_speech_prob,
+                    words: Vec::new(),
                 });
+            }
+            if opts.word_timestamps {
+                let t_words = Instant::now();
+                let lang = language.as_deref().unwrap_or("en");
+                self.time_words(&encoded, lang, opts, segment_size / 2, time_offset, window_audio, &mut segments[window_first_segment..])?;
+                timings.decoder_ms += t_words.elapsed().as_secs_f64() * 1e3;
             }
             if !opts.condition_on_previous_text || result.temperature > 0.5 {
                 prompt_reset_since = all_tokens.len();
@@ -578,6 +594,86 @@ impl<'m> Transcriber<'m> {
         let mut prefix = self.prompt_prefix(prompt);
         prefix.extend(self.sot_sequence("en", &opts)?);
         Ok((prefix, result.tokens))
+    }
+
+    /// Words and their times for the segments one window was read as (openai/whisper's
+    /// alignment; see [`crate::words`]): the window's text is run through the decoder again
+    /// after its start-of-transcript sequence and <|notimestamps|>, no prompt, and the
+    /// alignment heads' attention over its `audio_frames` encoder frames places each token.
+    /// Segment starts and ends move to their first and last words, unless a word runs far
+    /// past the segment's own timestamp.
+    #[allow(clippy::too_many_arguments)]
+    fn time_words(
+        &self,
+        (features, padding): &(Tensor, Option<Padding>),
+        language: &str,
+        opts: &TranscribeOptions,
+        audio_frames: usize,
+        time_offset: f64,
+        window_audio: &[f32],
+        segments: &mut [Segment],
+    ) -> Result<()> {
+        let tok = &self.model.tokenizer;
+        let text_of = |s: &Segment| s.tokens.iter().copied().filter(|&t| t < tok.eot).collect::<Vec<u32>>();
+        let text: Vec<u32> = segments.iter().flat_map(text_of).collect();
+        if text.is_empty() || audio_frames == 0 {
+            return Ok(());
+        }
+        let sot = self.sot_sequence(language, &TranscribeOptions { without_timestamps: true, ..opts.clone() })?;
+        let mut input = sot.clone();
+        input.extend(&text);
+        input.push(tok.eot);
+        let dec = &self.model.decoder;
+        let mut state = self.decoder_state(features, *padding)?;
+        let heads = self.model.config.word_alignment_heads();
+        let (hidden, scores) =
+            dec.forward_with_cross_scores(&Tensor::new(input.as_slice(), &self.model.device)?.unsqueeze(0)?, &mut state, &heads)?;
+        let (rows, frames) = scores[0].dims2()?;
+        let scores = scores.iter().map(|s| Ok(s.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)).collect::<Result<Vec<_>>>()?;
+        let first_row = sot.len() - 1;
+        let starts = words::row_start_times(&scores, rows, frames, audio_frames.min(frames), first_row, text.len() + 1)?;
+        // Probability of each text token, from the query that predicts it.
+        let logits = dec.logits(&hidden.i((0, first_row..first_row + text.len()))?)?.to_dtype(DType::F32)?;
+        let probs: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?;
+        let split = words::split_words(tok, &text, language)?;
+        let mut timed: Vec<Word> = split
+            .iter()
+            .map(|(word, range)| Word {
+                word: word.clone(),
+                start: time_offset + starts[range.start],
+                end: time_offset + starts[range.end],
+                probability: range.clone().map(|i| probs[i][text[i] as usize] as f64).sum::<f64>() / range.len() as f64,
+            })
+            .collect();
+        let median = words::cap_long_words(&mut timed);
+        words::trim_pauses(&mut timed, window_audio, time_offset);
+        // Each word goes to the segment that holds its first token.
+        let mut timed = timed.into_iter().zip(split.iter().map(|(_, range)| range.start)).peekable();
+        let mut segment_end_token = 0;
+        for segment in segments.iter_mut() {
+            segment_end_token += text_of(segment).len();
+            let mut own = Vec::new();
+            while let Some((word, _)) = timed.next_if(|(_, first_token)| *first_token < segment_end_token) {
+                own.push(word);
+            }
+            segment.words = words::merge_punctuation(own);
+            let (Some(first), Some(last)) = (segment.words.first().cloned(), segment.words.last().cloned()) else { continue };
+            // The warping path starts at the window's first frame, so the first word of a
+            // window that opens with a pause would start too early: the segment's own
+            // timestamp decides when the two disagree by more than half a second, and the
+            // same at the end.
+            if segment.start < first.end && segment.start - 0.5 > first.start {
+                segment.words[0].start = (first.end - median).min(segment.start).max(0.0);
+            } else {
+                segment.start = first.start;
+            }
+            if segment.end > last.start && segment.end + 0.5 < last.end {
+                segment.words.last_mut().expect("a last word").end = (last.start + median).max(segment.end);
+            } else {
+                segment.end = last.end;
+            }
+        }
+        Ok(())
     }
 
     /// <|startofprev|> and the last tokens of `prompt` that fit (none for an empty prompt).

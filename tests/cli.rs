@@ -74,12 +74,17 @@ fn several_formats_are_written_side_by_side_and_clashing_names_are_refused() {
 }
 
 #[test]
-fn json_for_several_files_on_stdout_is_one_document_per_line() {
+fn json_for_several_files_on_stdout_is_one_document_per_line_with_word_times() {
     let dir = tempfile::tempdir().unwrap();
     let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
     let copy = dir.path().join("again.wav");
     std::fs::copy(&clip, &copy).unwrap();
-    let output = Command::new(common::binary()).args(["transcribe", "--format", "json"]).arg(&clip).arg(&copy).output().unwrap();
+    let output = Command::new(common::binary())
+        .args(["transcribe", "--format", "json", "--word-timestamps"])
+        .arg(&clip)
+        .arg(&copy)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let documents: Vec<serde_json::Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
@@ -87,6 +92,12 @@ fn json_for_several_files_on_stdout_is_one_document_per_line() {
     for (document, file) in documents.iter().zip([&clip, &copy]) {
         assert_eq!(document["file"].as_str(), Some(file.to_str().unwrap()));
         assert!(document["text"].as_str().unwrap().to_lowercase().contains("printing"), "{document}");
+        for segment in document["segments"].as_array().unwrap() {
+            let words = segment["words"].as_array().unwrap();
+            let spelled: String = words.iter().map(|w| w["word"].as_str().unwrap()).collect();
+            assert_eq!(spelled.trim(), segment["text"].as_str().unwrap().trim());
+            assert!(words.iter().all(|w| w["start"].as_f64().unwrap() <= w["end"].as_f64().unwrap()), "{segment}");
+        }
     }
 }
 

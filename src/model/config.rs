@@ -26,6 +26,10 @@ pub struct WhisperConfig {
     pub suppress_tokens: Vec<i64>,
     #[serde(default)]
     pub begin_suppress_tokens: Vec<i64>,
+    /// Decoder cross-attention heads (layer, head) that follow the audio in time, for word
+    /// timestamps (openai/whisper's per-model lists; CTranslate2 and Hugging Face keep them).
+    #[serde(default)]
+    pub alignment_heads: Vec<(usize, usize)>,
 }
 
 fn default_mels() -> usize {
@@ -44,6 +48,8 @@ struct GenerationConfig {
     suppress_tokens: Option<Vec<i64>>,
     #[serde(default)]
     begin_suppress_tokens: Option<Vec<i64>>,
+    #[serde(default)]
+    alignment_heads: Option<Vec<(usize, usize)>>,
 }
 
 impl WhisperConfig {
@@ -62,6 +68,9 @@ impl WhisperConfig {
             if config.begin_suppress_tokens.is_empty() {
                 config.begin_suppress_tokens = gen.begin_suppress_tokens.unwrap_or_default();
             }
+            if config.alignment_heads.is_empty() {
+                config.alignment_heads = gen.alignment_heads.unwrap_or_default();
+            }
         }
         Ok(config)
     }
@@ -72,6 +81,16 @@ impl WhisperConfig {
 
     pub fn decoder_ffn(&self) -> usize {
         self.decoder_ffn_dim.unwrap_or(4 * self.d_model)
+    }
+
+    /// The alignment heads, or where the model names none every head of the decoder's second
+    /// half (openai/whisper's default).
+    pub fn word_alignment_heads(&self) -> Vec<(usize, usize)> {
+        let valid = |&(layer, head): &(usize, usize)| layer < self.decoder_layers && head < self.decoder_attention_heads;
+        if !self.alignment_heads.is_empty() && self.alignment_heads.iter().all(valid) {
+            return self.alignment_heads.clone();
+        }
+        (self.decoder_layers / 2..self.decoder_layers).flat_map(|l| (0..self.decoder_attention_heads).map(move |h| (l, h))).collect()
     }
 
     pub fn is_multilingual(&self) -> bool {

@@ -4,7 +4,7 @@
 use super::config::WhisperConfig;
 use super::layers::{attention, causal_mask, fused_linear, layer_norm, linear, merge_heads, split_heads, Mlp, Norm};
 use anyhow::{ensure, Context, Result};
-use candle_core::{Module, Tensor};
+use candle_core::{IndexOp, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 struct DecoderLayer {
@@ -150,6 +150,19 @@ impl Decoder {
     /// Run `tokens` (shape [batch, t]) after what the state already holds; returns the final
     /// hidden states [batch, t, d] (before the vocabulary projection).
     pub fn forward(&self, tokens: &Tensor, state: &mut DecoderState) -> Result<Tensor> {
+        Ok(self.forward_with_cross_scores(tokens, state, &[])?.0)
+    }
+
+    /// [`Self::forward`], also returning the cross-attention scores (q·k / √dh, before the
+    /// softmax) of the given (layer, head) pairs, [t, frames] each for the first sequence of
+    /// the batch: where each token looked in the audio (word timestamps).
+    pub fn forward_with_cross_scores(
+        &self,
+        tokens: &Tensor,
+        state: &mut DecoderState,
+        heads: &[(usize, usize)],
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut scores = vec![None; heads.len()];
         let (_, t) = tokens.dims2()?;
         let past = state.position;
         ensure!(past + t <= self.max_positions, "decoder context of {} tokens exceeded", self.max_positions);
@@ -157,7 +170,7 @@ impl Decoder {
         let mut x = self.embedding.embedding(&tokens.flatten_all()?)?.reshape((tokens.dim(0)?, t, d))?;
         x = x.broadcast_add(&self.positions.narrow(0, past, t)?)?;
         let mask = if t > 1 { Some(causal_mask(t, past, x.device())?) } else { None };
-        for (layer, (cache, cross)) in self.layers.iter().zip(state.cache.iter_mut().zip(&state.cross)) {
+        for (index, (layer, (cache, cross))) in self.layers.iter().zip(state.cache.iter_mut().zip(&state.cross)).enumerate() {
             let qkv = layer.self_qkv.forward(&layer.self_ln.forward(&x)?)?;
             let q = split_heads(&qkv.narrow(2, 0, d)?, self.heads)?;
             let k_new = split_heads(&qkv.narrow(2, d, d)?, self.heads)?;
@@ -170,12 +183,18 @@ impl Decoder {
             *cache = Some(kv);
             x = (&x + layer.self_out.forward(&merge_heads(&a)?)?)?;
             let q = split_heads(&layer.cross_q.forward(&layer.cross_ln.forward(&x)?)?, self.heads)?;
+            for (slot, &(_, head)) in scores.iter_mut().zip(heads).filter(|(_, &(l, _))| l == index) {
+                let (q, k) = (q.i((0, head))?, cross.k.i((0, head))?);
+                *slot = Some((q.matmul(&k.t()?)? * (1.0 / (q.dim(1)? as f64).sqrt()))?);
+            }
             let a = attention(&q, &cross.k, &cross.v, None)?;
             x = (&x + layer.cross_out.forward(&merge_heads(&a)?)?)?;
             x = (&x + layer.mlp.forward(&x)?)?;
         }
         state.position += t;
-        Ok(self.ln.forward(&x)?)
+        let scores =
+            scores.into_iter().zip(heads).map(|(s, h)| s.with_context(|| format!("no decoder head {h:?}"))).collect::<Result<_>>()?;
+        Ok((self.ln.forward(&x)?, scores))
     }
 
     /// Vocabulary logits for hidden states [rows, d] → [rows, vocab] (tied to the embedding).
