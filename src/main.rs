@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use coda_asr::device::{DTypeChoice, DeviceChoice};
 use coda_asr::eval;
 use coda_asr::model::{import::import_ct2_dir, resolve_model_dir, EncodeOptions, WhisperModel, DEFAULT_MODEL};
-use coda_asr::output::{render, Format};
+use coda_asr::output::{render, CueLayout, Format};
 use coda_asr::stream::{vad::MIN_VOICED_FRAMES, StreamOptions};
 use coda_asr::transcribe::{Task, TranscribeOptions, Transcriber};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -188,6 +188,14 @@ struct TranscribeArgs {
     /// `words` with start, end and probability, and segment times follow their words.
     #[arg(long)]
     word_timestamps: bool,
+    /// srt/vtt: break cue lines between words at this many characters; cues are timed by their
+    /// words (turns on --word-timestamps).
+    #[arg(long, value_name = "CHARS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_line_width: Option<u32>,
+    /// srt/vtt: at most this many lines per cue (with --max-line-width); a segment's further
+    /// lines go to the next cues.
+    #[arg(long, value_name = "LINES", requires = "max_line_width", value_parser = clap::value_parser!(u32).range(1..))]
+    max_line_count: Option<u32>,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -724,14 +732,17 @@ fn cmd_transcribe(args: TranscribeArgs) -> Result<ExitCode> {
     };
     let model = load_model(&args.model)?;
     let transcriber = Transcriber::new(&model);
-    let opts = TranscribeOptions { word_timestamps: args.word_timestamps, ..args.decode.options(&model, args.model.baseline) };
+    let word_timestamps = args.word_timestamps || args.max_line_width.is_some();
+    let opts = TranscribeOptions { word_timestamps, ..args.decode.options(&model, args.model.baseline) };
+    let layout =
+        CueLayout { max_line_width: args.max_line_width.map(|w| w as usize), max_line_count: args.max_line_count.map(|n| n as usize) };
     if let Some(dir) = &args.output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create output directory", dir.display()))?;
     }
     let mut failures = 0;
     for (file, outputs) in files.iter().zip(&outputs) {
         let print = if outputs.is_empty() { Some(formats[0]) } else { None };
-        match transcribe_one(&transcriber, file, &opts, outputs, print, files.len() > 1) {
+        match transcribe_one(&transcriber, file, &opts, layout, outputs, print, files.len() > 1) {
             Ok(()) => {}
             Err(e) => {
                 failures += 1;
@@ -751,6 +762,7 @@ fn transcribe_one(
     t: &Transcriber,
     file: &Path,
     opts: &TranscribeOptions,
+    layout: CueLayout,
     outputs: &[(Format, PathBuf)],
     print: Option<Format>,
     many: bool,
@@ -764,15 +776,15 @@ fn transcribe_one(
         .with_context(|| format!("{name}: transcription failed"))?;
     pb.finish_and_clear();
     for (format, out) in outputs {
-        let text = render(&transcript, *format, &name, &t.model.name())?;
+        let text = render(&transcript, *format, &name, &t.model.name(), layout)?;
         std::fs::write(out, text).with_context(|| format!("{}: cannot write", out.display()))?;
         eprintln!("{name} -> {}", out.display());
     }
     if let Some(format) = print {
         match format {
-            Format::Txt if many => print!("==> {name} <==\n{}", render(&transcript, format, &name, &t.model.name())?),
+            Format::Txt if many => print!("==> {name} <==\n{}", render(&transcript, format, &name, &t.model.name(), layout)?),
             Format::Json if many => print!("{}", coda_asr::output::to_json_line(&transcript, &name, &t.model.name())?),
-            _ => print!("{}", render(&transcript, format, &name, &t.model.name())?),
+            _ => print!("{}", render(&transcript, format, &name, &t.model.name(), layout)?),
         }
     }
     Ok(())

@@ -48,18 +48,75 @@ pub fn to_txt(t: &Transcript) -> String {
     out
 }
 
-pub fn to_srt(t: &Transcript) -> String {
-    let mut out = String::new();
-    for (i, seg) in t.segments.iter().enumerate() {
-        let _ = write!(out, "{}\n{} --> {}\n{}\n\n", i + 1, timestamp(seg.start, ','), timestamp(seg.end, ','), cue_text(&seg.text));
+/// How subtitle cues are laid out: one cue per segment, or with a line width (which needs word
+/// timestamps) lines of at most that many characters, broken between words, and with a line
+/// count at most that many lines per cue, each cue timed by its words. Cues never span two
+/// segments.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CueLayout {
+    pub max_line_width: Option<usize>,
+    pub max_line_count: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cue {
+    pub start: f64,
+    pub end: f64,
+    /// Lines separated by `\n`.
+    pub text: String,
+}
+
+pub fn cues(t: &Transcript, layout: CueLayout) -> Vec<Cue> {
+    let mut out = Vec::new();
+    for seg in &t.segments {
+        match layout.max_line_width {
+            Some(width) if !seg.words.is_empty() => lay_out_words(&seg.words, width, layout.max_line_count, &mut out),
+            _ => out.push(Cue { start: seg.start, end: seg.end, text: seg.text.trim().to_string() }),
+        }
     }
     out
 }
 
-pub fn to_vtt(t: &Transcript) -> String {
+/// One segment's words as cues of at most `max_lines` lines of at most `width` characters (a
+/// longer word gets a line of its own). A word keeps its leading space inside a line, so
+/// languages written without spaces stay unspaced.
+fn lay_out_words(words: &[crate::words::Word], width: usize, max_lines: Option<usize>, out: &mut Vec<Cue>) {
+    let mut lines: Vec<String> = Vec::new();
+    let mut times: Option<(f64, f64)> = None;
+    let flush = |lines: &mut Vec<String>, times: &mut Option<(f64, f64)>, out: &mut Vec<Cue>| {
+        if let Some((start, end)) = times.take() {
+            out.push(Cue { start, end, text: lines.join("\n") });
+        }
+        lines.clear();
+    };
+    for word in words {
+        let fits = lines.last().is_some_and(|line| line.chars().count() + word.word.chars().count() <= width);
+        if fits {
+            lines.last_mut().expect("a line").push_str(&word.word);
+        } else {
+            if max_lines.is_some_and(|n| lines.len() >= n) {
+                flush(&mut lines, &mut times, out);
+            }
+            lines.push(word.word.trim_start().to_string());
+        }
+        let start = times.map_or(word.start, |(start, _)| start);
+        times = Some((start, word.end.max(start)));
+    }
+    flush(&mut lines, &mut times, out);
+}
+
+pub fn to_srt(t: &Transcript, layout: CueLayout) -> String {
+    let mut out = String::new();
+    for (i, cue) in cues(t, layout).iter().enumerate() {
+        let _ = write!(out, "{}\n{} --> {}\n{}\n\n", i + 1, timestamp(cue.start, ','), timestamp(cue.end, ','), cue_text(&cue.text));
+    }
+    out
+}
+
+pub fn to_vtt(t: &Transcript, layout: CueLayout) -> String {
     let mut out = String::from("WEBVTT\n\n");
-    for seg in &t.segments {
-        let _ = write!(out, "{} --> {}\n{}\n\n", timestamp(seg.start, '.'), timestamp(seg.end, '.'), cue_text(&seg.text));
+    for cue in cues(t, layout) {
+        let _ = write!(out, "{} --> {}\n{}\n\n", timestamp(cue.start, '.'), timestamp(cue.end, '.'), cue_text(&cue.text));
     }
     out
 }
@@ -131,11 +188,11 @@ fn json_document<'a>(t: &'a Transcript, file: &'a str, model: &'a str) -> JsonTr
     }
 }
 
-pub fn render(t: &Transcript, format: Format, file: &str, model: &str) -> Result<String> {
+pub fn render(t: &Transcript, format: Format, file: &str, model: &str, layout: CueLayout) -> Result<String> {
     Ok(match format {
         Format::Txt => to_txt(t),
-        Format::Srt => to_srt(t),
-        Format::Vtt => to_vtt(t),
+        Format::Srt => to_srt(t, layout),
+        Format::Vtt => to_vtt(t, layout),
         Format::Json => to_json(t, file, model)?,
     })
 }

@@ -102,6 +102,28 @@ fn json_for_several_files_on_stdout_is_one_document_per_line_with_word_times() {
 }
 
 #[test]
+fn subtitles_keep_to_a_line_width() {
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let run = |args: &[&str]| Command::new(common::binary()).arg("transcribe").arg(&clip).args(args).output().unwrap();
+    let output = run(&["--format", "srt", "--max-line-width", "20", "--max-line-count", "1"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let srt = String::from_utf8(output.stdout).unwrap();
+    let cues: Vec<Vec<&str>> = srt.trim_end().split("\n\n").map(|c| c.lines().collect()).collect();
+    // The clip reads as three segments; at 20 characters a line it takes more cues than that.
+    assert!(cues.len() >= 6, "{srt}");
+    for cue in &cues {
+        assert_eq!(cue.len(), 3, "number, times and one line: {cue:?}");
+        assert!(cue[2].chars().count() <= 20, "{:?}", cue[2]);
+    }
+    let text: Vec<&str> = cues.iter().map(|c| c[2]).collect();
+    assert!(text.join(" ").to_lowercase().starts_with("printing, in the only sense"), "{text:?}");
+    // A line count needs a line width.
+    let output = run(&["--format", "srt", "--max-line-count", "2"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--max-line-width"));
+}
+
+#[test]
 fn m4a_is_read_in_process_and_opus_through_ffmpeg() {
     // Both made with ffmpeg from a real clip (scripts/setup.sh and .ci/run install it).
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 use coda_asr::eval::{read_manifest, run};
-use coda_asr::output::{to_json, to_srt, to_vtt};
+use coda_asr::output::{to_json, to_srt, to_vtt, CueLayout};
 use coda_asr::transcribe::{compression_ratio, TranscribeOptions, Transcriber};
 
 #[test]
@@ -43,7 +43,7 @@ fn quick_start_sample_is_transcribed_exactly() {
     }
     assert!(tr.segments.windows(2).all(|w| w[0].end <= w[1].start + 1e-6), "segments overlap");
 
-    let srt = to_srt(&tr);
+    let srt = to_srt(&tr, CueLayout::default());
     let blocks: Vec<&str> = srt.trim_end().split("\n\n").collect();
     assert_eq!(blocks.len(), tr.segments.len());
     for (i, b) in blocks.iter().enumerate() {
@@ -53,7 +53,7 @@ fn quick_start_sample_is_transcribed_exactly() {
         assert!(re.is_match(lines[1]), "{}", lines[1]);
         assert!(!lines[2].trim().is_empty());
     }
-    let vtt = to_vtt(&tr);
+    let vtt = to_vtt(&tr, CueLayout::default());
     assert!(vtt.starts_with("WEBVTT\n\n"));
     let re = regex::Regex::new(r"(?m)^\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}$").unwrap();
     assert_eq!(re.find_iter(&vtt).count(), tr.segments.len());

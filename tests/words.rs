@@ -1,8 +1,9 @@
-//! Word timestamps: the alignment's parts on made-up inputs, and on real speech that words
-//! land where they were said.
+//! Word timestamps: the alignment's parts on made-up inputs, on real speech that words land
+//! where they were said, and subtitle cues laid out by their words.
 
 mod common;
-use coda_asr::transcribe::{TranscribeOptions, Transcriber, Transcript};
+use coda_asr::output::{cues, to_srt, CueLayout};
+use coda_asr::transcribe::{Segment, TranscribeOptions, Transcriber, Transcript};
 use coda_asr::words::{dtw, median_filter, merge_punctuation, split_words, Word};
 
 #[test]
@@ -98,4 +99,65 @@ fn words_move_with_the_audio_they_were_said_in() {
     assert!(after[1].start >= 0.72 + 2.0 - 0.2, "{:?} starts inside the pause", after[1]);
     let shifted = before[1..].iter().zip(&after[1..]).filter(|(b, a)| (a.start - b.start - 2.0).abs() <= 0.1).count();
     assert!(shifted * 10 >= (before.len() - 1) * 9, "{shifted} of {} words moved by the pause", before.len() - 1);
+}
+
+fn segment(id: usize, words: &[(&str, f64, f64)]) -> Segment {
+    let words: Vec<Word> = words.iter().map(|&(w, start, end)| Word { word: w.into(), start, end, probability: 0.9 }).collect();
+    Segment {
+        id,
+        start: words[0].start,
+        end: words.last().unwrap().end,
+        text: words.iter().map(|w| w.word.as_str()).collect(),
+        tokens: Vec::new(),
+        temperature: 0.0,
+        avg_logprob: -0.2,
+        compression_ratio: 1.0,
+        no_speech_prob: 0.0,
+        words,
+    }
+}
+
+#[test]
+fn subtitle_cues_break_between_words_within_their_segment() {
+    let first = segment(
+        0,
+        &[
+            (" Printing,", 0.0, 0.5),
+            (" in", 0.9, 1.1),
+            (" the", 1.1, 1.3),
+            (" only", 1.3, 1.6),
+            (" sense", 1.6, 2.0),
+            (" with", 2.0, 2.2),
+            (" which", 2.2, 2.5),
+            (" we", 2.5, 2.7),
+        ],
+    );
+    let second = segment(1, &[(" differs", 4.9, 5.4), (" from", 5.4, 5.7), (" extraordinarily", 5.7, 6.9), (" most.", 6.9, 7.3)]);
+    let t = Transcript {
+        text: format!("{}{}", first.text, second.text).trim().into(),
+        segments: vec![first.clone(), second.clone()],
+        language: "en".into(),
+        duration: 8.0,
+        timings: Default::default(),
+        encoder: Default::default(),
+        first_window_tokens: Vec::new(),
+        hit_token_limit: false,
+    };
+    // By default, one cue per segment.
+    assert_eq!(cues(&t, CueLayout::default()).len(), 2);
+    let layout = CueLayout { max_line_width: Some(14), max_line_count: Some(2) };
+    let laid_out = cues(&t, layout);
+    let lines: Vec<Vec<&str>> = laid_out.iter().map(|c| c.text.lines().collect()).collect();
+    assert_eq!(
+        lines,
+        [vec!["Printing, in", "the only sense"], vec!["with which we"], vec!["differs from", "extraordinarily"], vec!["most."]]
+    );
+    // Each cue spans its words' times; none reaches across the segments.
+    let spans: Vec<(f64, f64)> = laid_out.iter().map(|c| (c.start, c.end)).collect();
+    assert_eq!(spans, [(0.0, 2.0), (2.0, 2.7), (4.9, 6.9), (6.9, 7.3)]);
+    // Without a line count, each segment is one cue of broken lines.
+    let unlimited = cues(&t, CueLayout { max_line_width: Some(14), max_line_count: None });
+    assert_eq!(unlimited.len(), 2);
+    assert_eq!(unlimited[0].text, "Printing, in\nthe only sense\nwith which we");
+    assert!(to_srt(&t, layout).starts_with("1\n00:00:00,000 --> 00:00:02,000\nPrinting, in\nthe only sense\n\n2\n"));
 }
