@@ -27,6 +27,7 @@ def main():
     ap.add_argument("manifest")
     ap.add_argument("--compute-type", default="int8")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--beam-size", type=int, default=1)
     ap.add_argument("--normalizer-dir", required=True, help="openai-whisper's whisper/ folder (for its normaliser)")
     a = ap.parse_args()
     sys.path.insert(0, a.normalizer_dir)
@@ -43,7 +44,7 @@ def main():
     t0 = time.time()
     for row in rows:
         wav, ref = os.path.join(base, row[1]), row[3]
-        segments, info = model.transcribe(wav, beam_size=1, vad_filter=False, language="en")
+        segments, info = model.transcribe(wav, beam_size=a.beam_size, vad_filter=False, language="en")
         hyp = "".join(s.text for s in segments)
         audio_s += info.duration
         r, h = norm(ref).split(), norm(hyp).split()

@@ -122,9 +122,13 @@ struct DecodeArgs {
     /// Decode without timestamp tokens (segments then span whole windows).
     #[arg(long)]
     without_timestamps: bool,
-    /// Disable the temperature fallback (greedy only).
+    /// Disable the temperature fallback (temperature 0 only).
     #[arg(long)]
     no_fallback: bool,
+    /// Beam search with this many beams at temperature 0 (openai/whisper's and
+    /// faster-whisper's command lines use 5); 1 is greedy decoding.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
+    beam_size: u32,
     /// Encoder reduction factor r: CoDA layers send ceil(n / r) frames through the heavy
     /// layer (default: the adapters' own default; ignored with --dense).
     #[arg(long, value_parser = parse_reduction)]
@@ -161,6 +165,7 @@ impl DecodeArgs {
             silence_cache: !self.full_window,
             dense_rescue: baseline.is_none(),
             skip_unvoiced_windows: !self.transcribe_unvoiced,
+            beam_size: self.beam_size as usize,
             ..Default::default()
         };
         if self.no_fallback {

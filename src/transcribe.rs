@@ -104,6 +104,9 @@ pub struct TranscribeOptions {
     /// Time each word of every segment (see [`crate::words`]): one more teacher-forced decoder
     /// pass per window.
     pub word_timestamps: bool,
+    /// Beams searched at temperature 0 (1: greedy). Higher temperatures of the fallback
+    /// sample one sequence, as before.
+    pub beam_size: usize,
 }
 
 impl TranscribeOptions {
@@ -138,6 +141,7 @@ impl Default for TranscribeOptions {
             skip_unvoiced_windows: true,
             unprompted_retry: true,
             word_timestamps: false,
+            beam_size: 1,
             draft: Vec::new(),
         }
     }
@@ -745,7 +749,8 @@ impl<'m> Transcriber<'m> {
 
         // Greedy decoding can check a draft; it has to leave room for the token after it.
         let draft_room = (dec.max_positions / 2).min(dec.max_positions - initial.len()).saturating_sub(1);
-        let draft = if opts.temperatures.first() == Some(&0.0) { &draft[..draft.len().min(draft_room)] } else { &[] };
+        let greedy_first = opts.temperatures.first() == Some(&0.0) && opts.beam_size <= 1;
+        let draft = if greedy_first { &draft[..draft.len().min(draft_room)] } else { &[] };
 
         // The prompt pass is the same for every temperature: run it once, reuse its cache. A
         // draft rides along in the same pass.
@@ -789,18 +794,13 @@ impl<'m> Transcriber<'m> {
                 (None, Some(s)) => s.clone(),
                 (None, None) => stepper.insert(self.stepper(state.clone())?).clone(),
             };
-            let result = self.sample(
-                start,
-                draft,
-                Logits { values: first_logits.clone(), approximate: first_approximate },
-                initial.len(),
-                temperature,
-                opts,
-                rng,
-                token_count,
-                features.dim(1)?,
-                audio_seconds,
-            )?;
+            let first = Logits { values: first_logits.clone(), approximate: first_approximate };
+            let limits = self.sample_limits(opts, features.dim(1)?, audio_seconds);
+            let result = if temperature <= 0.0 && opts.beam_size > 1 {
+                self.beam_search(start, first, initial.len(), opts, token_count, limits)?
+            } else {
+                self.sample(start, draft, first, initial.len(), temperature, opts, rng, token_count, limits)?
+            };
             let mut result = DecodeResult { no_speech_prob, ..result };
             result.compression_ratio = compression_ratio(&result.text);
             let too_repetitive =
@@ -931,22 +931,10 @@ impl<'m> Transcriber<'m> {
         opts: &TranscribeOptions,
         rng: &mut Rng,
         token_count: &mut usize,
-        audio_frames: usize,
-        audio_seconds: f64,
+        (sample_len, token_limit): (usize, Option<usize>),
     ) -> Result<DecodeResult> {
         let tok = &self.model.tokenizer;
         let dec = &self.model.decoder;
-        let mut sample_len = dec.max_positions / 2;
-        if opts.audio_ctx {
-            // Length guard for the audio_ctx baseline: ~6 tokens a second of audio plus slack
-            // (read speech runs at 3–4 tokens a second with timestamps). Each encoder frame is
-            // 20 ms.
-            sample_len = sample_len.min(token_allowance(6.0, audio_frames as f64 * 0.02));
-        }
-        let token_limit = opts.max_tokens_per_second.map(|rate| token_allowance(rate, audio_seconds));
-        if let Some(limit) = token_limit {
-            sample_len = sample_len.min(limit);
-        }
         let mut generated: Vec<u32> = Vec::new();
         let mut sum_logprob = 0f64;
         let max_initial = (opts.max_initial_timestamp as f64 / TIME_PRECISION).round() as usize;
@@ -958,7 +946,7 @@ impl<'m> Transcriber<'m> {
                 Stepper::Fast(s) if approximate => Some(s),
                 _ => None,
             };
-            self.apply_filters(&mut logits, &generated, opts, max_initial, refine_from);
+            self.apply_filters(&mut logits, &generated, opts, max_initial, refine_from, 1);
             let next = if temperature <= 0.0 { argmax(&logits) } else { sample_from(&logits, temperature, rng) };
             *token_count += 1;
             if next == tok.eot {
@@ -1002,9 +990,151 @@ impl<'m> Transcriber<'m> {
         Ok(DecodeResult { tokens: generated, text, avg_logprob, no_speech_prob: 0.0, compression_ratio: 0.0, temperature, hit_token_limit })
     }
 
+    /// How many tokens a window may take: (the length limit, and the per-second token limit
+    /// when one is set, which also marks the result).
+    fn sample_limits(&self, opts: &TranscribeOptions, audio_frames: usize, audio_seconds: f64) -> (usize, Option<usize>) {
+        let mut sample_len = self.model.decoder.max_positions / 2;
+        if opts.audio_ctx {
+            // Length guard for the audio_ctx baseline: ~6 tokens a second of audio plus slack
+            // (read speech runs at 3–4 tokens a second with timestamps). Each encoder frame is
+            // 20 ms.
+            sample_len = sample_len.min(token_allowance(6.0, audio_frames as f64 * 0.02));
+        }
+        let token_limit = opts.max_tokens_per_second.map(|rate| token_allowance(rate, audio_seconds));
+        if let Some(limit) = token_limit {
+            sample_len = sample_len.min(limit);
+        }
+        (sample_len, token_limit)
+    }
+
+    /// Beam search at temperature 0, as openai/whisper's: every live beam proposes its
+    /// `beam_size` + 1 likeliest next tokens (after the same logit filters as greedy decoding),
+    /// the `beam_size` likeliest continuations live on, and one ending in end-of-text is
+    /// finished. It stops once `beam_size` have finished (or at the length limit, where the
+    /// live beams count as finished), and the finished sequence with the highest
+    /// log-probability per token wins.
+    fn beam_search(
+        &self,
+        start: Stepper,
+        first: Logits,
+        sample_begin: usize,
+        opts: &TranscribeOptions,
+        token_count: &mut usize,
+        (sample_len, token_limit): (usize, Option<usize>),
+    ) -> Result<DecodeResult> {
+        struct Beam {
+            tokens: Vec<u32>,
+            sum_logprob: f64,
+            state: Stepper,
+            logits: Vec<f32>,
+            approximate: bool,
+        }
+        let tok = &self.model.tokenizer;
+        let dec = &self.model.decoder;
+        let beam_size = opts.beam_size.max(1);
+        let max_initial = (opts.max_initial_timestamp as f64 / TIME_PRECISION).round() as usize;
+        let mut live =
+            vec![Beam { tokens: Vec::new(), sum_logprob: 0.0, state: start, logits: first.values, approximate: first.approximate }];
+        let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
+        loop {
+            // (score, beam, token) for each beam's likeliest next tokens.
+            let mut candidates: Vec<(f64, usize, u32)> = Vec::new();
+            for (b, beam) in live.iter_mut().enumerate() {
+                let refine_from = match &beam.state {
+                    Stepper::Fast(s) if beam.approximate => Some(s),
+                    _ => None,
+                };
+                self.apply_filters(&mut beam.logits, &beam.tokens, opts, max_initial, refine_from, beam_size + 1);
+                let norm = logsumexp(&beam.logits);
+                for t in top_tokens(&beam.logits, beam_size + 1) {
+                    candidates.push((beam.sum_logprob + (beam.logits[t as usize] - norm) as f64, b, t));
+                }
+            }
+            candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut next: Vec<(f64, usize, u32)> = Vec::new();
+            for (score, b, t) in candidates {
+                if t == tok.eot {
+                    if finished.len() < beam_size {
+                        finished.push((live[b].tokens.clone(), score));
+                    }
+                } else {
+                    next.push((score, b, t));
+                    if next.len() == beam_size {
+                        break;
+                    }
+                }
+            }
+            if finished.len() >= beam_size || next.is_empty() {
+                break;
+            }
+            let length = live[0].tokens.len() + 1;
+            if length >= sample_len || sample_begin + length >= dec.max_positions {
+                // Out of room: the continuations end here, unfinished.
+                for &(score, b, t) in &next {
+                    let mut tokens = live[b].tokens.clone();
+                    tokens.push(t);
+                    finished.push((tokens, score));
+                }
+                break;
+            }
+            // Step every continuation; a beam's state goes to its last child, earlier ones fork.
+            let mut children_left: Vec<usize> = vec![0; live.len()];
+            for &(_, b, _) in &next {
+                children_left[b] += 1;
+            }
+            let mut parents: Vec<Option<Beam>> = live.into_iter().map(Some).collect();
+            let mut grown = Vec::with_capacity(next.len());
+            for (score, b, t) in next {
+                children_left[b] -= 1;
+                let (mut state, mut tokens) = if children_left[b] == 0 {
+                    let parent = parents[b].take().expect("a parent with children left");
+                    (parent.state, parent.tokens)
+                } else {
+                    let parent = parents[b].as_ref().expect("a parent with children left");
+                    let state = match &parent.state {
+                        Stepper::Fast(s) => Stepper::Fast(s.fork(self.model.step.as_ref().expect("fast state implies a step decoder"))),
+                        Stepper::Tensors(s) => Stepper::Tensors(s.clone()),
+                    };
+                    (state, parent.tokens.clone())
+                };
+                tokens.push(t);
+                *token_count += 1;
+                let (logits, approximate) = match &mut state {
+                    Stepper::Fast(s) => {
+                        let step = self.model.step.as_ref().expect("fast state implies a step decoder");
+                        let mut logits = vec![0f32; step.vocab_size];
+                        step.step(t, s, &mut logits)?;
+                        (logits, step.is_approximate())
+                    }
+                    Stepper::Tensors(s) => {
+                        let hidden = dec.forward(&Tensor::new(&[[t]], &self.model.device)?, s)?;
+                        (dec.logits(&hidden.i(0)?)?.i(0)?.to_dtype(DType::F32)?.to_vec1()?, false)
+                    }
+                };
+                grown.push(Beam { tokens, sum_logprob: score, state, logits, approximate });
+            }
+            live = grown;
+        }
+        let per_token = |(tokens, score): &(Vec<u32>, f64)| score / tokens.len().max(1) as f64;
+        let (tokens, sum_logprob) =
+            finished.into_iter().max_by(|a, b| per_token(a).total_cmp(&per_token(b))).expect("a beam always finishes or runs out of room");
+        let text = tok.decode_text(&tokens)?;
+        let hit_token_limit = token_limit.is_some_and(|limit| tokens.len() >= limit);
+        Ok(DecodeResult {
+            avg_logprob: sum_logprob / (tokens.len() + 1) as f64,
+            tokens,
+            text,
+            no_speech_prob: 0.0,
+            compression_ratio: 0.0,
+            temperature: 0.0,
+            hit_token_limit,
+        })
+    }
+
     /// openai's logit filters: SuppressBlank, SuppressTokens and the timestamp rules. Logits
     /// from the single-token decoder's 8-bit text rows are refined by `refine_from`'s state
-    /// once the masks are in, so the largest allowed text logit is exact where it is compared.
+    /// once the masks are in, so the `exact_top` largest allowed text logits are exact where
+    /// they are compared.
     fn apply_filters(
         &self,
         logits: &mut [f32],
@@ -1012,12 +1142,13 @@ impl<'m> Transcriber<'m> {
         opts: &TranscribeOptions,
         max_initial: usize,
         refine_from: Option<&StepState>,
+        exact_top: usize,
     ) {
         let tok = &self.model.tokenizer;
         let ninf = f32::NEG_INFINITY;
         let refine = |logits: &mut [f32]| {
             if let (Some(state), Some(step)) = (refine_from, &self.model.step) {
-                step.refine(state, logits);
+                step.refine_top(state, logits, exact_top);
             }
         };
         if generated.is_empty() {
@@ -1116,6 +1247,17 @@ fn accumulate(total: &mut EncodeStats, s: &EncodeStats) {
     }
     total.flops += s.flops;
     total.dense_flops += s.dense_flops;
+}
+
+/// The `k` tokens with the largest finite logits, likeliest first.
+fn top_tokens(logits: &[f32], k: usize) -> Vec<u32> {
+    let mut finite: Vec<(f32, u32)> = logits.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (v, i as u32)).collect();
+    if finite.len() > k {
+        finite.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+        finite.truncate(k);
+    }
+    finite.sort_by(|a, b| b.0.total_cmp(&a.0));
+    finite.into_iter().map(|(_, t)| t).collect()
 }
 
 fn argmax(v: &[f32]) -> u32 {

@@ -245,6 +245,25 @@ fn single_token_decoder_matches_the_batched_decoder_position_by_position() {
             assert_eq!(got_token, want_token, "position {i}, {masked} masked: the likeliest text token");
             assert!((got_max - want_max).abs() < 2e-3, "position {i}, {masked} masked: {got_max} vs {want_max}");
         }
+        // For beam search: the six likeliest text tokens and their logits, in order.
+        let mut got = logits.clone();
+        step.refine_top(&state, &mut got, 6);
+        let top6 = |v: &[f32]| {
+            let mut ranked: Vec<(usize, f32)> = v[..text_rows].iter().copied().enumerate().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            ranked.truncate(6);
+            ranked
+        };
+        for ((got_token, got_logit), (want_token, want_logit)) in top6(&got).into_iter().zip(top6(&want)) {
+            assert_eq!(got_token, want_token, "position {i}: the six likeliest text tokens");
+            assert!((got_logit - want_logit).abs() < 2e-3, "position {i}: {got_logit} vs {want_logit}");
+        }
+        // The fork decodes on as the state it came from.
+        let (mut forked, mut forked_logits, mut original_logits) =
+            (state.fork(step), vec![0f32; step.vocab_size], vec![0f32; step.vocab_size]);
+        step.step(model.tokenizer.eot, &mut forked, &mut forked_logits).unwrap();
+        step.step(model.tokenizer.eot, &mut state.clone(), &mut original_logits).unwrap();
+        assert_eq!(forked_logits, original_logits, "position {i}: a forked state decodes differently");
     }
     let mut skipped = fresh();
     for &token in &tokens[..tokens.len() - 1] {
@@ -272,4 +291,36 @@ fn a_prompted_window_read_as_nothing_is_decoded_again_without_the_prompt() {
     let tr = t.transcribe(&audio, &at_r3, &mut |_| {}).unwrap();
     assert!(tr.timings.unprompted_retries >= 1);
     assert!(tr.text.to_lowercase().contains("invention of movable metal letters"), "{}", tr.text);
+}
+
+#[test]
+fn beam_search_reads_more_exactly_than_greedy_decoding() {
+    // Greedy decoding hears "concern" in the quick-start clip; five beams find "concerned",
+    // the reference word for word.
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let t = Transcriber::new(common::tiny_en());
+    let reference = "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition";
+    let greedy = t.transcribe(&audio, &TranscribeOptions::default(), &mut |_| {}).unwrap();
+    let beams = t.transcribe(&audio, &TranscribeOptions { beam_size: 5, ..Default::default() }, &mut |_| {}).unwrap();
+    assert_eq!(coda_asr::eval::score(reference, &greedy.text).errors(), 1, "{}", greedy.text);
+    assert_eq!(coda_asr::eval::score(reference, &beams.text).errors(), 0, "{}", beams.text);
+    // The timestamp rules hold for every beam: segments in order, inside the clip.
+    assert!(!beams.segments.is_empty());
+    for s in &beams.segments {
+        assert!(s.start < s.end && s.end <= beams.duration + 1e-6, "segment times {} → {}", s.start, s.end);
+    }
+    assert!(beams.segments.windows(2).all(|w| w[0].end <= w[1].start + 1e-6), "segments overlap");
+    assert!(beams.segments.iter().all(|s| s.avg_logprob < 0.0 && s.avg_logprob > -1.0));
+}
+
+#[test]
+fn beam_search_on_dev_clips_stays_within_the_greedy_bound() {
+    let entries = read_manifest(&common::speech_dir().join("dev.tsv")).unwrap();
+    let picked: Vec<_> = entries.iter().step_by(7).cloned().collect();
+    let t = Transcriber::new(common::tiny_en());
+    let opts = TranscribeOptions { beam_size: 5, ..Default::default() };
+    let report = run(&t, &picked, &opts, "test", "dev.tsv", &mut |_, _| {}).unwrap();
+    assert_eq!(report.summary.failed, 0);
+    assert!(report.summary.wer < 20.0, "WER {:.2}", report.summary.wer);
 }

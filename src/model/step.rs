@@ -180,12 +180,30 @@ impl StepDecoder {
     /// decoding and the timestamp rule decide as it would); the others stay within the bound,
     /// so only log-sum-exps over them (average log-probability, no-speech probability) move.
     pub fn refine(&self, s: &StepState, logits: &mut [f32]) {
+        self.refine_top(s, logits, 1);
+    }
+
+    /// [`StepDecoder::refine`] for the `top` largest allowed text logits (beam search ranks
+    /// that many candidates per beam): every token that could be among them is made exact.
+    pub fn refine_top(&self, s: &StepState, logits: &mut [f32], top: usize) {
         let Some(q) = &self.text_rows else { return };
         let h = &s.scratch.h;
         let l1: f32 = h.iter().map(|v| v.abs()).sum();
         let text = &mut logits[..q.rows];
-        let floor =
-            text.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| v - q.error_bound(i, l1)).fold(f32::NEG_INFINITY, f32::max);
+        let floor = if top <= 1 {
+            text.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| v - q.error_bound(i, l1)).fold(f32::NEG_INFINITY, f32::max)
+        } else {
+            // The top-th largest lower bound: no token whose upper bound is below it can be
+            // among the top largest.
+            let mut lower: Vec<f32> =
+                text.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| v - q.error_bound(i, l1)).collect();
+            if lower.len() < top {
+                f32::NEG_INFINITY
+            } else {
+                let at = lower.len() - top;
+                *lower.select_nth_unstable_by(at, f32::total_cmp).1
+            }
+        };
         for (i, v) in text.iter_mut().enumerate() {
             if v.is_finite() && *v + q.error_bound(i, l1) >= floor {
                 *v = self.embedding.dot_row(i, h);
@@ -312,6 +330,32 @@ pub struct StepState {
 }
 
 impl StepState {
+    /// A copy to decode another continuation from (beam search): only the cache positions
+    /// filled so far are copied, not the whole preallocated context ([heads][context][dh]).
+    pub fn fork(&self, dec: &StepDecoder) -> Self {
+        let dh = dec.d / dec.heads;
+        let (per_head, used) = (dec.max_positions * dh, self.position * dh);
+        let filled = |cache: &Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+            cache
+                .iter()
+                .map(|layer| {
+                    let mut copy = vec![0f32; layer.len()];
+                    for (to, from) in copy.chunks_mut(per_head).zip(layer.chunks(per_head)) {
+                        to[..used].copy_from_slice(&from[..used]);
+                    }
+                    copy
+                })
+                .collect()
+        };
+        Self {
+            cross: self.cross.clone(),
+            self_k: filled(&self.self_k),
+            self_v: filled(&self.self_v),
+            scratch: self.scratch.clone(),
+            position: self.position,
+        }
+    }
+
     /// Take over the caches of a batched (candle) prompt pass.
     pub fn from_exported(dec: &StepDecoder, e: ExportedState) -> Result<Self> {
         let dh = dec.d / dec.heads;
