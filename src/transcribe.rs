@@ -1086,23 +1086,23 @@ impl<'m> Transcriber<'m> {
             let mut grown = Vec::with_capacity(next.len());
             for (score, b, t) in next {
                 children_left[b] -= 1;
-                let (mut state, mut tokens) = if children_left[b] == 0 {
+                // The last child also takes over the parent's logits buffer.
+                let (mut state, mut tokens, mut logits) = if children_left[b] == 0 {
                     let parent = parents[b].take().expect("a parent with children left");
-                    (parent.state, parent.tokens)
+                    (parent.state, parent.tokens, parent.logits)
                 } else {
                     let parent = parents[b].as_ref().expect("a parent with children left");
                     let state = match &parent.state {
                         Stepper::Fast(s) => Stepper::Fast(s.fork(self.model.step.as_ref().expect("fast state implies a step decoder"))),
                         Stepper::Tensors(s) => Stepper::Tensors(s.clone()),
                     };
-                    (state, parent.tokens.clone())
+                    (state, parent.tokens.clone(), vec![0f32; parent.logits.len()])
                 };
                 tokens.push(t);
                 *token_count += 1;
                 let (logits, approximate) = match &mut state {
                     Stepper::Fast(s) => {
                         let step = self.model.step.as_ref().expect("fast state implies a step decoder");
-                        let mut logits = vec![0f32; step.vocab_size];
                         step.step(t, s, &mut logits)?;
                         (logits, step.is_approximate())
                     }
