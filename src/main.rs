@@ -129,6 +129,10 @@ struct DecodeArgs {
     /// faster-whisper's command lines use 5); 1 is greedy decoding.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
     beam_size: u32,
+    /// Samples drawn at each fallback temperature above 0, the likeliest kept (openai/whisper's
+    /// and faster-whisper's command lines use 5); 1 draws one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
+    best_of: u32,
     /// Encoder reduction factor r: CoDA layers send ceil(n / r) frames through the heavy
     /// layer (default: the adapters' own default; ignored with --dense).
     #[arg(long, value_parser = parse_reduction)]
@@ -166,6 +170,7 @@ impl DecodeArgs {
             dense_rescue: baseline.is_none(),
             skip_unvoiced_windows: !self.transcribe_unvoiced,
             beam_size: self.beam_size as usize,
+            best_of: self.best_of as usize,
             ..Default::default()
         };
         if self.no_fallback {

@@ -107,6 +107,9 @@ pub struct TranscribeOptions {
     /// Beams searched at temperature 0 (1: greedy). Higher temperatures of the fallback
     /// sample one sequence, as before.
     pub beam_size: usize,
+    /// Samples drawn at each temperature of the fallback above 0, the one with the highest
+    /// average log-probability kept (1: one sample).
+    pub best_of: usize,
 }
 
 impl TranscribeOptions {
@@ -142,6 +145,7 @@ impl Default for TranscribeOptions {
             unprompted_retry: true,
             word_timestamps: false,
             beam_size: 1,
+            best_of: 1,
             draft: Vec::new(),
         }
     }
@@ -798,6 +802,18 @@ impl<'m> Transcriber<'m> {
             let limits = self.sample_limits(opts, features.dim(1)?, audio_seconds);
             let result = if temperature <= 0.0 && opts.beam_size > 1 {
                 self.beam_search(start, first, initial.len(), opts, token_count, limits)?
+            } else if temperature > 0.0 && opts.best_of > 1 {
+                // openai's best_of: several samples at this temperature, the likeliest per
+                // token kept.
+                let mut best: Option<DecodeResult> = None;
+                for _ in 0..opts.best_of {
+                    let sampled =
+                        self.sample(start.clone(), None, first.clone(), initial.len(), temperature, opts, rng, token_count, limits)?;
+                    if best.as_ref().is_none_or(|b| sampled.avg_logprob > b.avg_logprob) {
+                        best = Some(sampled);
+                    }
+                }
+                best.expect("best_of > 1 samples")
             } else {
                 self.sample(start, draft, first, initial.len(), temperature, opts, rng, token_count, limits)?
             };
@@ -1205,6 +1221,7 @@ impl<'m> Transcriber<'m> {
 
 /// Logits to sample from, and whether they are the single-token decoder's approximate ones
 /// (see `StepDecoder::refine`).
+#[derive(Clone)]
 struct Logits {
     values: Vec<f32>,
     approximate: bool,

@@ -324,3 +324,31 @@ fn beam_search_on_dev_clips_stays_within_the_greedy_bound() {
     assert_eq!(report.summary.failed, 0);
     assert!(report.summary.wer < 20.0, "WER {:.2}", report.summary.wer);
 }
+
+#[test]
+fn best_of_keeps_the_likeliest_of_several_samples() {
+    // Temperature 1.0 only, no fallback checks: the window is read by sampling. The first of
+    // five draws is the single draw (same seed), so the kept one is at least as likely per
+    // token, and five draws decode about five times the tokens.
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let t = Transcriber::new(common::tiny_en());
+    let sampled = |best_of| {
+        let opts = TranscribeOptions {
+            temperatures: vec![1.0],
+            compression_ratio_threshold: None,
+            logprob_threshold: None,
+            condition_on_previous_text: false,
+            best_of,
+            seed: 7,
+            ..Default::default()
+        };
+        let tr = t.transcribe(&audio, &opts, &mut |_| {}).unwrap();
+        assert_eq!(tr.timings.windows, 1);
+        assert!(!tr.segments.is_empty(), "{best_of}: no segments");
+        (tr.segments[0].avg_logprob, tr.timings.tokens)
+    };
+    let ((one, one_tokens), (five, five_tokens)) = (sampled(1), sampled(5));
+    assert!(five >= one, "best of five {five} against one sample {one}");
+    assert!(five_tokens > 3 * one_tokens, "{five_tokens} tokens decoded for five samples, {one_tokens} for one");
+}
