@@ -680,6 +680,12 @@ impl<'m> Transcriber<'m> {
             } else {
                 segment.end = last.end;
             }
+            // Times are on a 10 ms grid; drop the float noise of their sums (5.6000000000000005).
+            let ms = |t: f64| (t * 1000.0).round() / 1000.0;
+            for word in &mut segment.words {
+                (word.start, word.end) = (ms(word.start), ms(word.end));
+            }
+            (segment.start, segment.end) = (ms(segment.start), ms(segment.end));
         }
         Ok(())
     }
