@@ -642,7 +642,8 @@ impl<'m> Transcriber<'m> {
         let starts = words::row_start_times(&scores, rows, frames, audio_frames.min(frames), first_row, text.len() + 1)?;
         // Probability of each text token, from the query that predicts it.
         let logits = dec.logits(&hidden.i((0, first_row..first_row + text.len()))?)?.to_dtype(DType::F32)?;
-        let probs: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?;
+        let picked = Tensor::new(text.as_slice(), logits.device())?.unsqueeze(1)?;
+        let probs: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?.gather(&picked, 1)?.flatten_all()?.to_vec1()?;
         let split = words::split_words(tok, &text, language)?;
         let mut timed: Vec<Word> = split
             .iter()
@@ -650,7 +651,7 @@ impl<'m> Transcriber<'m> {
                 word: word.clone(),
                 start: time_offset + starts[range.start],
                 end: time_offset + starts[range.end],
-                probability: range.clone().map(|i| probs[i][text[i] as usize] as f64).sum::<f64>() / range.len() as f64,
+                probability: range.clone().map(|i| probs[i] as f64).sum::<f64>() / range.len() as f64,
             })
             .collect();
         let median = words::cap_long_words(&mut timed);
