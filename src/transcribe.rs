@@ -1049,28 +1049,34 @@ impl<'m> Transcriber<'m> {
             tokens: Vec<u32>,
             sum_logprob: f64,
             state: Stepper,
-            logits: Vec<f32>,
-            approximate: bool,
         }
         let tok = &self.model.tokenizer;
         let dec = &self.model.decoder;
         let beam_size = opts.beam_size.max(1);
         let max_initial = (opts.max_initial_timestamp as f64 / TIME_PRECISION).round() as usize;
-        let mut live =
-            vec![Beam { tokens: Vec::new(), sum_logprob: 0.0, state: start, logits: first.values, approximate: first.approximate }];
+        let vocab = first.values.len();
+        // The live beams' logits, beam b's at b·vocab.., and whether they are the 8-bit
+        // vocabulary pass's (to be refined where they are ranked).
+        let (mut logits, mut approximate) = (first.values, first.approximate);
+        // The single-token decoder steps all beams as one batch, reading its weights once.
+        let mut batch = match (&start, &self.model.step) {
+            (Stepper::Fast(s), Some(step)) => Some(step.batch_scratch(beam_size, s)),
+            _ => None,
+        };
+        let mut live = vec![Beam { tokens: Vec::new(), sum_logprob: 0.0, state: start }];
         let mut finished: Vec<(Vec<u32>, f64)> = Vec::new();
         loop {
             // (score, beam, token) for each beam's likeliest next tokens.
             let mut candidates: Vec<(f64, usize, u32)> = Vec::new();
-            for (b, beam) in live.iter_mut().enumerate() {
+            for (b, (beam, logits)) in live.iter().zip(logits.chunks_mut(vocab)).enumerate() {
                 let refine_from = match &beam.state {
-                    Stepper::Fast(s) if beam.approximate => Some(s),
+                    Stepper::Fast(s) if approximate => Some(s),
                     _ => None,
                 };
-                self.apply_filters(&mut beam.logits, &beam.tokens, opts, max_initial, refine_from, beam_size + 1);
-                let norm = logsumexp(&beam.logits);
-                for t in top_tokens(&beam.logits, beam_size + 1) {
-                    candidates.push((beam.sum_logprob + (beam.logits[t as usize] - norm) as f64, b, t));
+                self.apply_filters(logits, &beam.tokens, opts, max_initial, refine_from, beam_size + 1);
+                let norm = logsumexp(logits);
+                for t in top_tokens(logits, beam_size + 1) {
+                    candidates.push((beam.sum_logprob + (logits[t as usize] - norm) as f64, b, t));
                 }
             }
             candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -1100,43 +1106,57 @@ impl<'m> Transcriber<'m> {
                 }
                 break;
             }
-            // Step every continuation; a beam's state goes to its last child, earlier ones fork.
+            // The continuations: a beam's state goes to its last child, earlier ones fork.
             let mut children_left: Vec<usize> = vec![0; live.len()];
             for &(_, b, _) in &next {
                 children_left[b] += 1;
             }
             let mut parents: Vec<Option<Beam>> = live.into_iter().map(Some).collect();
             let mut grown = Vec::with_capacity(next.len());
-            for (score, b, t) in next {
+            for &(score, b, t) in &next {
                 children_left[b] -= 1;
-                // The last child also takes over the parent's logits buffer.
-                let (mut state, mut tokens, mut logits) = if children_left[b] == 0 {
+                let (state, mut tokens) = if children_left[b] == 0 {
                     let parent = parents[b].take().expect("a parent with children left");
-                    (parent.state, parent.tokens, parent.logits)
+                    (parent.state, parent.tokens)
                 } else {
                     let parent = parents[b].as_ref().expect("a parent with children left");
                     let state = match &parent.state {
                         Stepper::Fast(s) => Stepper::Fast(s.fork(self.model.step.as_ref().expect("fast state implies a step decoder"))),
                         Stepper::Tensors(s) => Stepper::Tensors(s.clone()),
                     };
-                    (state, parent.tokens.clone(), vec![0f32; parent.logits.len()])
+                    (state, parent.tokens.clone())
                 };
                 tokens.push(t);
-                *token_count += 1;
-                let (logits, approximate) = match &mut state {
-                    Stepper::Fast(s) => {
-                        let step = self.model.step.as_ref().expect("fast state implies a step decoder");
-                        step.step(t, s, &mut logits)?;
-                        (logits, step.is_approximate())
-                    }
-                    Stepper::Tensors(s) => {
-                        let hidden = dec.forward(&Tensor::new(&[[t]], &self.model.device)?, s)?;
-                        (dec.logits(&hidden.i(0)?)?.i(0)?.to_dtype(DType::F32)?.to_vec1()?, false)
-                    }
-                };
-                grown.push(Beam { tokens, sum_logprob: score, state, logits, approximate });
+                grown.push(Beam { tokens, sum_logprob: score, state });
             }
+            *token_count += grown.len();
             live = grown;
+            // Step every continuation by its last token.
+            logits.resize(live.len() * vocab, 0.0);
+            let last: Vec<u32> = next.iter().map(|&(_, _, t)| t).collect();
+            match (&mut batch, &self.model.step) {
+                (Some(scratch), Some(step)) => {
+                    let mut states: Vec<&mut StepState> = live
+                        .iter_mut()
+                        .map(|beam| match &mut beam.state {
+                            Stepper::Fast(s) => s,
+                            Stepper::Tensors(_) => unreachable!("every beam descends from the first beam's fast state"),
+                        })
+                        .collect();
+                    step.step_batch(&last, &mut states, scratch, &mut logits)?;
+                    approximate = step.is_approximate();
+                }
+                _ => {
+                    for ((beam, &t), out) in live.iter_mut().zip(&last).zip(logits.chunks_mut(vocab)) {
+                        let Stepper::Tensors(s) = &mut beam.state else {
+                            unreachable!("every beam descends from the first beam's tensor state")
+                        };
+                        let hidden = dec.forward(&Tensor::new(&[[t]], &self.model.device)?, s)?;
+                        out.copy_from_slice(&dec.logits(&hidden.i(0)?)?.i(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+                    }
+                    approximate = false;
+                }
+            }
         }
         let per_token = |(tokens, score): &(Vec<u32>, f64)| score / tokens.len().max(1) as f64;
         let (tokens, sum_logprob) =

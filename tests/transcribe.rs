@@ -274,6 +274,59 @@ fn single_token_decoder_matches_the_batched_decoder_position_by_position() {
     assert_eq!(last, logits, "advance must leave the state a full step leaves");
 }
 
+/// Beams stepped as one batch (`step_batch`, which reads each weight once for all of them)
+/// decode exactly as each stepped alone: the same logits bit for bit, also once refined (from
+/// the hidden state the batch leaves in each state), round after round, with histories of
+/// different lengths and more sequences than one kernel pass takes (six).
+#[test]
+fn sequences_stepped_together_decode_bit_for_bit_as_each_alone() {
+    use coda_asr::model::step::StepState;
+    let model = common::tiny_en();
+    let step = model.step.as_ref().expect("the CPU float32 model has a single-token decoder");
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let t = Transcriber::new(model);
+    let mel = t.log_mel(&audio);
+    let (features, _) = t.encode_segment(&mel, 0, audio.len() / coda_asr::mel::HOP_LENGTH, &TranscribeOptions::default()).unwrap();
+    let fresh = || StepState::from_exported(step, model.decoder.start(&features).unwrap().export().unwrap()).unwrap();
+    let words = model.tokenizer.encode(" Printing, in the only sense with which we are at present concerned").unwrap();
+    let base = fresh();
+    let sequences = 7;
+    let mut alone: Vec<StepState> = (0..sequences)
+        .map(|i| {
+            let mut s = base.fork(step);
+            for &token in &words[..i % 4] {
+                step.advance(token, &mut s).unwrap();
+            }
+            s
+        })
+        .collect();
+    let mut together: Vec<StepState> = alone.iter().map(|s| s.fork(step)).collect();
+    let vocab = step.vocab_size;
+    let mut scratch = step.batch_scratch(sequences, &base);
+    let mut batch_logits = vec![0f32; sequences * vocab];
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for round in 0..3 {
+        let tokens: Vec<u32> = (0..sequences).map(|i| words[(i + round) % words.len()]).collect();
+        step.step_batch(&tokens, &mut together.iter_mut().collect::<Vec<_>>(), &mut scratch, &mut batch_logits).unwrap();
+        for (i, state) in alone.iter_mut().enumerate() {
+            let mut want = vec![0f32; vocab];
+            step.step(tokens[i], state, &mut want).unwrap();
+            let got = &batch_logits[i * vocab..(i + 1) * vocab];
+            assert!(bits(got) == bits(&want), "round {round}, sequence {i}: the batch's logits differ");
+            let (mut got, mut want) = (got.to_vec(), want);
+            step.refine_top(&together[i], &mut got, 6);
+            step.refine_top(state, &mut want, 6);
+            assert!(bits(&got) == bits(&want), "round {round}, sequence {i}: the refined logits differ");
+        }
+    }
+    // Sequences of two windows cannot share one pass over cross-attention keys.
+    let mut other = fresh();
+    let mut two = vec![0f32; 2 * vocab];
+    let err = step.step_batch(&words[..2], &mut [&mut together[0], &mut other], &mut scratch, &mut two).unwrap_err();
+    assert!(err.to_string().contains("one window"), "{err}");
+}
+
 #[test]
 fn a_prompted_window_read_as_nothing_is_decoded_again_without_the_prompt() {
     // The shared LJ Speech file 0.5 s later, at r = 3: after the first window the second (27–57

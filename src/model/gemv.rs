@@ -107,6 +107,45 @@ impl Matrix {
     }
 }
 
+impl Matrix {
+    /// [`Matrix::gemv_rows`] for `out.n` inputs at once (x holds them one after another):
+    /// each weight is read from memory once for all of them, and every output is bit for bit
+    /// what [`Matrix::gemv_rows`] gives for its input alone.
+    pub fn gemv_batch_rows(&self, first_row: usize, x: &[f32], bias: Option<&[f32]>, out: BatchOut) {
+        debug_assert_eq!(x.len(), out.n * self.cols);
+        debug_assert!(first_row + out.rows <= self.rows);
+        let cols = self.cols;
+        let run = |chunk_row: usize, mut chunk: BatchOut| {
+            let first_row = first_row + chunk_row;
+            let rows = first_row * cols..(first_row + chunk.rows) * cols;
+            match &self.data {
+                Data::F16(d) => dot_rows_batch_f16(&d[rows], cols, x, chunk),
+                Data::F32(d) => dot_rows_batch_f32(&d[rows], cols, x, chunk),
+            }
+            if let Some(b) = bias {
+                for o in 0..chunk.n {
+                    chunk.output(o).iter_mut().zip(&b[first_row..]).for_each(|(o, b)| *o += b);
+                }
+            }
+        };
+        in_row_tasks(out, cols, run);
+    }
+}
+
+/// Runs `run(first_row, rows)` over `out`'s rows, split among threads when the batch's work
+/// is large enough to pay for them.
+fn in_row_tasks(out: BatchOut, cols: usize, run: impl Fn(usize, BatchOut) + Sync) {
+    if out.n * out.rows * cols >= 4 * ROWS_PER_TASK_MIN_ELEMS {
+        let rows_per_task = (ROWS_PER_TASK_MIN_ELEMS / cols).max(1);
+        (0..out.rows.div_ceil(rows_per_task)).into_par_iter().for_each(|t| {
+            let first = t * rows_per_task;
+            run(first, out.rows(first, rows_per_task.min(out.rows - first)));
+        });
+    } else {
+        run(0, out);
+    }
+}
+
 /// The first rows of a matrix at 8 bits per weight, one scale per row (w ≈ scale · q, q in
 /// −127..=127), for a first pass over the vocabulary that reads a quarter of the f32 bytes and
 /// half of the float16 ones: single-token decoding is bound by memory, and the vocabulary
@@ -146,6 +185,18 @@ impl QuantizedRows {
             let first = i * rows_per_task;
             dot_rows_i8(&self.q[first * cols..(first + chunk.len()) * cols], cols, x, chunk);
             chunk.iter_mut().zip(&self.scale[first..]).for_each(|(o, s)| *o *= s);
+        });
+    }
+
+    /// [`QuantizedRows::gemv`] for `out.n` inputs at once, bit for bit its outputs.
+    pub fn gemv_batch(&self, x: &[f32], out: BatchOut) {
+        debug_assert_eq!(out.rows, self.rows);
+        let cols = self.cols;
+        in_row_tasks(out, cols, |first, mut chunk| {
+            dot_rows_batch_i8(&self.q[first * cols..(first + chunk.rows) * cols], cols, x, chunk);
+            for o in 0..chunk.n {
+                chunk.output(o).iter_mut().zip(&self.scale[first..]).for_each(|(o, s)| *o *= s);
+            }
         });
     }
 
@@ -334,6 +385,266 @@ dot_rows_kernel!(
     |a| sum_m256(a)
 );
 
+/// Where a batched row product writes: n outputs of `stride` floats each, beam-major
+/// (out[b·stride + r]). Parallel tasks each take their own rows of every output
+/// ([`BatchOut::rows`]); the rows of different tasks never overlap.
+#[derive(Clone, Copy)]
+pub struct BatchOut<'a> {
+    ptr: *mut f32,
+    stride: usize,
+    first: usize,
+    rows: usize,
+    n: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `BatchOut` only writes the rows it was given, and the views handed to parallel
+// tasks cover disjoint rows of the one slice they borrow exclusively.
+unsafe impl Send for BatchOut<'_> {}
+unsafe impl Sync for BatchOut<'_> {}
+
+impl<'a> BatchOut<'a> {
+    /// `out` holds `n` outputs of equal length, one after another.
+    pub fn new(out: &'a mut [f32], n: usize) -> Self {
+        assert!(n > 0 && out.len() % n == 0, "{} floats do not split into {n} outputs", out.len());
+        let stride = out.len() / n;
+        Self { ptr: out.as_mut_ptr(), stride, first: 0, rows: stride, n, _out: std::marker::PhantomData }
+    }
+
+    /// Rows first..first + count of every output (relative to this view).
+    pub(crate) fn rows(self, first: usize, count: usize) -> Self {
+        assert!(first + count <= self.rows);
+        Self { first: self.first + first, rows: count, ..self }
+    }
+
+    /// Inputs b0..b0 + n of this view.
+    fn outputs(self, b0: usize, n: usize) -> Self {
+        assert!(b0 + n <= self.n);
+        // SAFETY: within the borrowed slice: b0 + n ≤ self.n outputs of `stride` floats.
+        Self { ptr: unsafe { self.ptr.add(b0 * self.stride) }, n, ..self }
+    }
+
+    /// Output b's rows as a slice.
+    pub(crate) fn output(&mut self, b: usize) -> &mut [f32] {
+        assert!(b < self.n);
+        // SAFETY: inside the borrowed slice, and only this view writes these rows.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(b * self.stride + self.first), self.rows) }
+    }
+}
+
+/// Batched row kernels take at most this many inputs per pass: two rows × six accumulators
+/// fill twelve of AVX2's sixteen vector registers, beside the two weight rows and an input.
+const BATCH_PER_PASS: usize = 6;
+
+/// The row products of `w` (as many rows as `out` has) with each of `out.n` inputs
+/// x_b = x[b·cols..(b + 1)·cols]. Each weight is read once for all the inputs, and every
+/// product is summed in the order `single` (the one-input kernel) sums it, so each output is
+/// bit for bit what `single` gives.
+fn dot_rows_batch<T: Copy>(
+    w: &[T],
+    cols: usize,
+    x: &[f32],
+    mut out: BatchOut,
+    single: fn(&[T], usize, &[f32], &mut [f32]),
+    kernel: Option<BatchKernel<T>>,
+) {
+    assert!(w.len() >= out.rows * cols && x.len() >= out.n * cols, "dot_rows_batch: shapes");
+    let mut b0 = 0;
+    while b0 < out.n {
+        let n = (out.n - b0).min(BATCH_PER_PASS);
+        match kernel {
+            // SAFETY: the kernel's features were checked when it was picked; the shapes above.
+            Some(k) => unsafe { k(w, cols, &x[b0 * cols..(b0 + n) * cols], n, out.outputs(b0, n)) },
+            None => (0..n).for_each(|b| single(w, cols, &x[(b0 + b) * cols..], out.output(b0 + b))),
+        }
+        b0 += n;
+    }
+}
+
+type BatchKernel<T> = unsafe fn(&[T], usize, &[f32], usize, BatchOut);
+
+/// One x86 batched kernel: `$single`'s loop with each weight register used for N inputs.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_rows_batch_kernel {
+    ($name:ident, $features:literal, $elem:ty, $lanes:literal, $zero:ident, $load_w:expr, $load_x:ident, $fma:ident, $sum:expr) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name(w: &[$elem], cols: usize, x: &[f32], n: usize, out: BatchOut) {
+            #[target_feature(enable = $features)]
+            unsafe fn run<const N: usize>(w: &[$elem], cols: usize, x: &[f32], mut out: BatchOut) {
+                use std::arch::x86_64::*;
+                let body = cols / $lanes * $lanes;
+                let tail = |row: usize, b: usize| -> f32 { (body..cols).map(|i| f32::from(w[row * cols + i]) * x[b * cols + i]).sum() };
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let rows = out.rows;
+                let mut r = 0;
+                while r + 2 <= rows {
+                    let p = wp.add(r * cols);
+                    let mut a0 = [$zero(); N];
+                    let mut a1 = [$zero(); N];
+                    let mut i = 0;
+                    while i < body {
+                        let (w0, w1) = ($load_w(p.add(i)), $load_w(p.add(cols + i)));
+                        for b in 0..N {
+                            let xv = $load_x(xp.add(b * cols + i));
+                            a0[b] = $fma(w0, xv, a0[b]);
+                            a1[b] = $fma(w1, xv, a1[b]);
+                        }
+                        i += $lanes;
+                    }
+                    for b in 0..N {
+                        let o = out.output(b);
+                        o[r] = $sum(a0[b]) + tail(r, b);
+                        o[r + 1] = $sum(a1[b]) + tail(r + 1, b);
+                    }
+                    r += 2;
+                }
+                if r < rows {
+                    let p = wp.add(r * cols);
+                    let mut a = [$zero(); N];
+                    let mut i = 0;
+                    while i < body {
+                        let wv = $load_w(p.add(i));
+                        for b in 0..N {
+                            a[b] = $fma(wv, $load_x(xp.add(b * cols + i)), a[b]);
+                        }
+                        i += $lanes;
+                    }
+                    for b in 0..N {
+                        out.output(b)[r] = $sum(a[b]) + tail(r, b);
+                    }
+                }
+            }
+            match n {
+                1 => run::<1>(w, cols, x, out),
+                2 => run::<2>(w, cols, x, out),
+                3 => run::<3>(w, cols, x, out),
+                4 => run::<4>(w, cols, x, out),
+                5 => run::<5>(w, cols, x, out),
+                6 => run::<6>(w, cols, x, out),
+                _ => unreachable!("at most BATCH_PER_PASS inputs per pass"),
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+dot_rows_batch_kernel!(
+    dot_rows_batch_f32_avx512,
+    "avx512f",
+    f32,
+    16,
+    _mm512_setzero_ps,
+    |p| _mm512_loadu_ps(p),
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    |a| { _mm512_reduce_add_ps(a) }
+);
+#[cfg(target_arch = "x86_64")]
+dot_rows_batch_kernel!(
+    dot_rows_batch_f16_avx512,
+    "avx512f",
+    f16,
+    16,
+    _mm512_setzero_ps,
+    |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    |a| _mm512_reduce_add_ps(a)
+);
+#[cfg(target_arch = "x86_64")]
+dot_rows_batch_kernel!(
+    dot_rows_batch_i8_avx512,
+    "avx512f",
+    i8,
+    16,
+    _mm512_setzero_ps,
+    |p: *const i8| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))),
+    _mm512_loadu_ps,
+    _mm512_fmadd_ps,
+    |a| _mm512_reduce_add_ps(a)
+);
+#[cfg(target_arch = "x86_64")]
+dot_rows_batch_kernel!(
+    dot_rows_batch_f32_avx2,
+    "avx2,fma",
+    f32,
+    8,
+    _mm256_setzero_ps,
+    |p| _mm256_loadu_ps(p),
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    |a| sum_m256(a)
+);
+#[cfg(target_arch = "x86_64")]
+dot_rows_batch_kernel!(
+    dot_rows_batch_f16_avx2,
+    "avx2,fma,f16c",
+    f16,
+    8,
+    _mm256_setzero_ps,
+    |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    |a| sum_m256(a)
+);
+#[cfg(target_arch = "x86_64")]
+dot_rows_batch_kernel!(
+    dot_rows_batch_i8_avx2,
+    "avx2,fma",
+    i8,
+    8,
+    _mm256_setzero_ps,
+    |p: *const i8| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))),
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    |a| sum_m256(a)
+);
+
+/// [`dot_rows_f32`] for each input of a batch ([`dot_rows_batch`]).
+pub fn dot_rows_batch_f32(w: &[f32], cols: usize, x: &[f32], out: BatchOut) {
+    #[allow(unused_mut)]
+    let mut kernel: Option<BatchKernel<f32>> = None;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            kernel = Some(dot_rows_batch_f32_avx512);
+        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            kernel = Some(dot_rows_batch_f32_avx2);
+        }
+    }
+    dot_rows_batch(w, cols, x, out, dot_rows_f32, kernel)
+}
+
+/// [`dot_rows_f16`] for each input of a batch ([`dot_rows_batch`]).
+pub fn dot_rows_batch_f16(w: &[f16], cols: usize, x: &[f32], out: BatchOut) {
+    #[allow(unused_mut)]
+    let mut kernel: Option<BatchKernel<f16>> = None;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            kernel = Some(dot_rows_batch_f16_avx512);
+        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
+            kernel = Some(dot_rows_batch_f16_avx2);
+        }
+    }
+    dot_rows_batch(w, cols, x, out, dot_rows_f16, kernel)
+}
+
+/// [`dot_rows_i8`] for each input of a batch ([`dot_rows_batch`]).
+pub fn dot_rows_batch_i8(w: &[i8], cols: usize, x: &[f32], out: BatchOut) {
+    #[allow(unused_mut)]
+    let mut kernel: Option<BatchKernel<i8>> = None;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            kernel = Some(dot_rows_batch_i8_avx512);
+        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            kernel = Some(dot_rows_batch_i8_avx2);
+        }
+    }
+    dot_rows_batch(w, cols, x, out, dot_rows_i8, kernel)
+}
+
 /// out = Σ_t p_t · v_t over the rows v_t of `v` (row-major, `cols` wide): attention's weighted
 /// sum of values. Compiled for the widest vector set the CPU has, chosen once per call.
 pub fn add_weighted_rows(p: &[f32], v: &[f32], cols: usize, out: &mut [f32]) {
@@ -499,6 +810,128 @@ mod tests {
                 let exact = m.dot_row(r, &x);
                 assert!((a - exact).abs() <= q.error_bound(r, l1), "{rows}x{cols} row {r}: {a} vs {exact}");
             }
+        }
+    }
+
+    /// Runs `batch` on `n` inputs and checks each output against `single` on that input
+    /// alone, bit for bit.
+    fn check_batch<T: Copy>(what: &str, w: &[T], cols: usize, x: &[f32], n: usize, single: RowKernel<T>, batch: Option<BatchKernel<T>>) {
+        let rows = if cols == 0 { 0 } else { w.len() / cols };
+        let mut got = vec![f32::NAN; n * rows];
+        dot_rows_batch(w, cols, x, BatchOut::new(&mut got, n.max(1)), single, batch);
+        for b in 0..n {
+            let mut want = vec![f32::NAN; rows];
+            single(w, cols, &x[b * cols..(b + 1) * cols], &mut want);
+            let same = got[b * rows..(b + 1) * rows].iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same, "{what}: {n} inputs, {rows}x{cols}, input {b}: {:?} vs {want:?}", &got[b * rows..(b + 1) * rows]);
+        }
+    }
+
+    /// Batched row products equal the one-input kernels' bit for bit (so beams stepped together
+    /// decode exactly as beams stepped alone): batch sizes around a pass's six, row counts
+    /// around the pairs, column counts around the 8- and 16-float registers; each x86 kernel
+    /// this CPU runs, paired with its own one-input kernel, and the portable fallback.
+    #[test]
+    fn batched_row_products_equal_the_one_input_kernels_bit_for_bit() {
+        let mut rng = crate::rng::Rng::new(11);
+        for n in [1, 2, 5, 6, 7, 13] {
+            for rows in [0, 1, 2, 3, 5] {
+                for cols in [1, 7, 16, 17, 64, 389] {
+                    let w: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32).collect();
+                    let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                    let w8: Vec<i8> = w.iter().map(|&v| (v * 40.0).clamp(-127.0, 127.0) as i8).collect();
+                    let x: Vec<f32> = (0..n * cols).map(|_| rng.normal() as f32).collect();
+                    check_batch("f32 dispatch", &w, cols, &x, n, dot_rows_f32, None);
+                    check_batch("f16 dispatch", &w16, cols, &x, n, dot_rows_f16, None);
+                    check_batch("i8 dispatch", &w8, cols, &x, n, dot_rows_i8, None);
+                    let mut via_public = vec![f32::NAN; n * rows];
+                    dot_rows_batch_f16(&w16, cols, &x, BatchOut::new(&mut via_public, n));
+                    let mut want = vec![f32::NAN; rows];
+                    dot_rows_f16(&w16, cols, &x[..cols], &mut want);
+                    assert!(via_public[..rows].iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        // SAFETY (all): the CPU has the features the kernels were compiled for.
+                        if std::is_x86_feature_detected!("avx512f") {
+                            check_batch(
+                                "f32 avx512",
+                                &w,
+                                cols,
+                                &x,
+                                n,
+                                |w, c, x, o| unsafe { dot_rows_f32_avx512(w, c, x, o) },
+                                Some(dot_rows_batch_f32_avx512),
+                            );
+                            check_batch(
+                                "f16 avx512",
+                                &w16,
+                                cols,
+                                &x,
+                                n,
+                                |w, c, x, o| unsafe { dot_rows_f16_avx512(w, c, x, o) },
+                                Some(dot_rows_batch_f16_avx512),
+                            );
+                            check_batch(
+                                "i8 avx512",
+                                &w8,
+                                cols,
+                                &x,
+                                n,
+                                |w, c, x, o| unsafe { dot_rows_i8_avx512(w, c, x, o) },
+                                Some(dot_rows_batch_i8_avx512),
+                            );
+                        }
+                        if std::is_x86_feature_detected!("avx2")
+                            && std::is_x86_feature_detected!("fma")
+                            && std::is_x86_feature_detected!("f16c")
+                        {
+                            check_batch(
+                                "f32 avx2",
+                                &w,
+                                cols,
+                                &x,
+                                n,
+                                |w, c, x, o| unsafe { dot_rows_f32_avx2(w, c, x, o) },
+                                Some(dot_rows_batch_f32_avx2),
+                            );
+                            check_batch(
+                                "f16 avx2",
+                                &w16,
+                                cols,
+                                &x,
+                                n,
+                                |w, c, x, o| unsafe { dot_rows_f16_avx2(w, c, x, o) },
+                                Some(dot_rows_batch_f16_avx2),
+                            );
+                            check_batch(
+                                "i8 avx2",
+                                &w8,
+                                cols,
+                                &x,
+                                n,
+                                |w, c, x, o| unsafe { dot_rows_i8_avx2(w, c, x, o) },
+                                Some(dot_rows_batch_i8_avx2),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Matrix and quantised rows, split among threads: the batch against one input at a time.
+        let m = Matrix::from_tensor(&Tensor::randn(0f32, 1.0, (1500, 389), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap()).unwrap();
+        let q = QuantizedRows::from_matrix(&m, 1200);
+        let bias: Vec<f32> = (0..1500).map(|_| rng.normal() as f32).collect();
+        let n = 5;
+        let x: Vec<f32> = (0..n * 389).map(|_| rng.normal() as f32).collect();
+        let (mut rows, mut quantized) = (vec![0f32; n * 1000], vec![0f32; n * 1200]);
+        m.gemv_batch_rows(300, &x, Some(&bias), BatchOut::new(&mut rows, n));
+        q.gemv_batch(&x, BatchOut::new(&mut quantized, n));
+        for b in 0..n {
+            let (mut want_rows, mut want_quantized) = (vec![0f32; 1000], vec![0f32; 1200]);
+            m.gemv_rows(300, &x[b * 389..(b + 1) * 389], Some(&bias), &mut want_rows);
+            q.gemv(&x[b * 389..(b + 1) * 389], &mut want_quantized);
+            assert_eq!(&rows[b * 1000..(b + 1) * 1000], &want_rows[..], "gemv_batch_rows, input {b}");
+            assert_eq!(&quantized[b * 1200..(b + 1) * 1200], &want_quantized[..], "QuantizedRows::gemv_batch, input {b}");
         }
     }
 

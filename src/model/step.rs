@@ -7,7 +7,7 @@
 
 use super::config::WhisperConfig;
 use super::decoder::ExportedState;
-use super::gemv::{add_weighted_rows, dot_rows_f32, Matrix, QuantizedRows};
+use super::gemv::{add_weighted_rows, dot_rows_batch_f32, dot_rows_f32, BatchOut, Matrix, QuantizedRows};
 use super::kernels::{gelu_slice, softmax_row};
 use anyhow::{ensure, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
@@ -41,6 +41,11 @@ struct Proj {
 impl Proj {
     fn apply(&self, x: &[f32], out: &mut [f32]) {
         self.w.gemv(x, Some(&self.b), out);
+    }
+
+    /// [`Proj::apply`] to `n` inputs laid one after another in `x`, outputs likewise in `out`.
+    fn apply_batch(&self, x: &[f32], out: &mut [f32], n: usize) {
+        self.w.gemv_batch_rows(0, x, Some(&self.b), BatchOut::new(out, n));
     }
 }
 
@@ -258,6 +263,108 @@ impl StepDecoder {
         Ok(())
     }
 
+    /// Scratch space for [`StepDecoder::step_batch`] of up to `capacity` sequences decoding
+    /// the window `state` belongs to.
+    pub fn batch_scratch(&self, capacity: usize, state: &StepState) -> BatchScratch {
+        let (d, n) = (self.d, capacity.max(1));
+        BatchScratch {
+            capacity: n,
+            x: vec![0.0; n * d],
+            h: vec![0.0; n * d],
+            q: vec![0.0; n * d],
+            qkv: vec![0.0; n * 3 * d],
+            attn: vec![0.0; n * d],
+            ffn: vec![0.0; n * self.ffn],
+            head_queries: vec![0.0; n * d],
+            scores: vec![0.0; self.heads * n * state.cross.frames.max(self.max_positions)],
+        }
+    }
+
+    /// [`StepDecoder::step`] for several sequences of one window at once (the beams of a beam
+    /// search): each weight matrix, and each head's cross-attention keys, is read from memory
+    /// once for all of them instead of once per sequence. Sequence b's token is `tokens[b]`,
+    /// its logits `logits[b·vocab..(b + 1)·vocab]`; every state and logit comes out bit for
+    /// bit as [`StepDecoder::step`] leaves it.
+    pub fn step_batch(&self, tokens: &[u32], states: &mut [&mut StepState], sc: &mut BatchScratch, logits: &mut [f32]) -> Result<()> {
+        let n = tokens.len();
+        let (d, heads, ffn) = (self.d, self.heads, self.ffn);
+        let dh = d / heads;
+        ensure!(n > 0 && states.len() == n && n <= sc.capacity, "{n} tokens for {} states, scratch for {}", states.len(), sc.capacity);
+        ensure!(logits.len() == n * self.vocab_size, "logits for {n} sequences need {} floats", n * self.vocab_size);
+        let cross = states[0].cross.clone();
+        ensure!(states.iter().all(|s| Arc::ptr_eq(&s.cross, &cross)), "sequences stepped together must decode one window");
+        for (b, (&token, s)) in tokens.iter().zip(states.iter()).enumerate() {
+            let pos = s.position;
+            ensure!(pos < self.max_positions, "decoder context of {} tokens exceeded", self.max_positions);
+            ensure!((token as usize) < self.vocab_size, "token {token} outside the vocabulary");
+            let x = &mut sc.x[b * d..(b + 1) * d];
+            self.embedding.row_into(token as usize, x);
+            add_into(x, &self.positions[pos * d..(pos + 1) * d]);
+        }
+        let scale = 1.0 / (dh as f32).sqrt();
+        let per_sequence = |norm: &Norm, from: &[f32], to: &mut [f32]| {
+            from.chunks(d).zip(to.chunks_mut(d)).take(n).for_each(|(x, h)| norm.apply(x, h));
+        };
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Self-attention: each sequence over its own cache.
+            per_sequence(&layer.self_ln, &sc.x, &mut sc.h);
+            layer.self_qkv.apply_batch(&sc.h[..n * d], &mut sc.qkv[..n * 3 * d], n);
+            for (b, s) in states.iter_mut().enumerate() {
+                let qkv = &sc.qkv[b * 3 * d..(b + 1) * 3 * d];
+                let pos = s.position;
+                let (k_cache, v_cache) = (&mut s.self_k[li], &mut s.self_v[li]);
+                for h in 0..heads {
+                    let at = (h * self.max_positions + pos) * dh;
+                    k_cache[at..at + dh].copy_from_slice(&qkv[d + h * dh..d + (h + 1) * dh]);
+                    v_cache[at..at + dh].copy_from_slice(&qkv[2 * d + h * dh..2 * d + (h + 1) * dh]);
+                }
+                let attn = &mut sc.attn[b * d..(b + 1) * d];
+                attend(&qkv[..d], k_cache, v_cache, self.max_positions, pos + 1, dh, scale, &mut sc.scores, attn);
+            }
+            layer.self_out.apply_batch(&sc.attn[..n * d], &mut sc.h[..n * d], n);
+            add_into(&mut sc.x[..n * d], &sc.h[..n * d]);
+            // Cross-attention: every sequence over the window's shared keys and values.
+            per_sequence(&layer.cross_ln, &sc.x, &mut sc.h);
+            layer.cross_q.apply_batch(&sc.h[..n * d], &mut sc.q[..n * d], n);
+            attend_batch(
+                &sc.q[..n * d],
+                &cross.k[li],
+                &cross.v[li],
+                cross.frames,
+                dh,
+                scale,
+                n,
+                &mut sc.head_queries[..n * d],
+                &mut sc.scores,
+                &mut sc.attn[..n * d],
+            );
+            layer.cross_out.apply_batch(&sc.attn[..n * d], &mut sc.h[..n * d], n);
+            add_into(&mut sc.x[..n * d], &sc.h[..n * d]);
+            // MLP.
+            per_sequence(&layer.mlp_ln, &sc.x, &mut sc.h);
+            layer.fc1.apply_batch(&sc.h[..n * d], &mut sc.ffn[..n * ffn], n);
+            gelu_slice(&mut sc.ffn[..n * ffn]);
+            layer.fc2.apply_batch(&sc.ffn[..n * ffn], &mut sc.h[..n * d], n);
+            add_into(&mut sc.x[..n * d], &sc.h[..n * d]);
+        }
+        per_sequence(&self.ln, &sc.x, &mut sc.h);
+        for (b, s) in states.iter_mut().enumerate() {
+            // `refine` reads a sequence's final hidden state from its own scratch.
+            s.scratch.h.copy_from_slice(&sc.h[b * d..(b + 1) * d]);
+            s.position += 1;
+        }
+        let out = BatchOut::new(logits, n);
+        let h = &sc.h[..n * d];
+        match &self.text_rows {
+            Some(q) => {
+                q.gemv_batch(h, out.rows(0, q.rows));
+                self.embedding.gemv_batch_rows(q.rows, h, None, out.rows(q.rows, self.vocab_size - q.rows));
+            }
+            None => self.embedding.gemv_batch_rows(0, h, None, out),
+        }
+        Ok(())
+    }
+
     fn scratch(&self, frames: usize) -> Scratch {
         let d = self.d;
         Scratch {
@@ -300,6 +407,49 @@ fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, len: usize, dh: usize,
     }
 }
 
+/// [`attend`] for `n` queries (q: n × heads·dh) over the same keys and values (stride =
+/// `len`): head by head, each head's keys read once for all the queries. `head_queries` holds
+/// n × heads·dh floats, `scores` at least heads × n × len; out is n × heads·dh.
+#[allow(clippy::too_many_arguments)]
+fn attend_batch(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    len: usize,
+    dh: usize,
+    scale: f32,
+    n: usize,
+    head_queries: &mut [f32],
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len() / n;
+    let heads = d / dh;
+    // Each head's n queries side by side: [heads][n][dh].
+    for (b, qb) in q.chunks(d).enumerate() {
+        for (h, qh) in qb.chunks(dh).enumerate() {
+            head_queries[(h * n + b) * dh..(h * n + b + 1) * dh].copy_from_slice(qh);
+        }
+    }
+    let out = BatchOut::new(out, n);
+    let one_head = |h: usize, queries: &[f32], scores: &mut [f32]| {
+        let rows = h * len * dh..(h + 1) * len * dh;
+        dot_rows_batch_f32(&k[rows.clone()], dh, queries, BatchOut::new(scores, n));
+        let mut out_h = out.rows(h * dh, dh);
+        for (b, s) in scores.chunks_mut(len).enumerate() {
+            s.iter_mut().for_each(|s| *s *= scale);
+            softmax_row(s);
+            add_weighted_rows(s, &v[rows.clone()], dh, out_h.output(b));
+        }
+    };
+    let scores = &mut scores[..heads * n * len];
+    if len >= 256 {
+        head_queries.par_chunks(n * dh).zip(scores.par_chunks_mut(n * len)).enumerate().for_each(|(h, (qs, s))| one_head(h, qs, s));
+    } else {
+        head_queries.chunks(n * dh).zip(scores.chunks_mut(n * len)).enumerate().for_each(|(h, (qs, s))| one_head(h, qs, s));
+    }
+}
+
 #[derive(Clone)]
 struct Scratch {
     x: Vec<f32>,
@@ -308,6 +458,20 @@ struct Scratch {
     qkv: Vec<f32>,
     attn: Vec<f32>,
     ffn: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// Scratch space for stepping several sequences together ([`StepDecoder::step_batch`]): each
+/// buffer holds one vector per sequence, one after another.
+pub struct BatchScratch {
+    capacity: usize,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    ffn: Vec<f32>,
+    head_queries: Vec<f32>,
     scores: Vec<f32>,
 }
 
