@@ -4,7 +4,7 @@
 
 use crate::mel::{LogMel, MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
 use crate::model::decoder::CrossKeyValues;
-use crate::model::kernels::logsumexp;
+use crate::model::kernels::{largest, logsumexp};
 use crate::model::step::StepState;
 use crate::model::{silence, DecoderState, EncodeOptions, EncodeStats, WhisperModel};
 use crate::rng::Rng;
@@ -1295,13 +1295,8 @@ fn accumulate(total: &mut EncodeStats, s: &EncodeStats) {
 
 /// The `k` tokens with the largest finite logits, likeliest first.
 fn top_tokens(logits: &[f32], k: usize) -> Vec<u32> {
-    let mut finite: Vec<(f32, u32)> = logits.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (v, i as u32)).collect();
-    if finite.len() > k {
-        finite.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
-        finite.truncate(k);
-    }
-    finite.sort_by(|a, b| b.0.total_cmp(&a.0));
-    finite.into_iter().map(|(_, t)| t).collect()
+    let finite = logits.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (v, i as u32));
+    largest(finite, k).into_iter().map(|(_, t)| t).collect()
 }
 
 fn argmax(v: &[f32]) -> u32 {

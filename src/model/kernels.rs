@@ -122,6 +122,25 @@ pub(crate) fn logsumexp(row: &[f32]) -> f32 {
     logsumexp_generic(row)
 }
 
+/// The `k` items with the largest values, largest first (the earlier item first on a tie):
+/// one pass that keeps the k largest in order, without copying a vocabulary-long row (beam
+/// search ranks every beam's logits at every step).
+pub fn largest(items: impl Iterator<Item = (f32, u32)>, k: usize) -> Vec<(f32, u32)> {
+    let mut top: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return top;
+    }
+    for (v, i) in items {
+        if top.len() == k && v <= top[k - 1].0 {
+            continue;
+        }
+        let at = top.partition_point(|&(x, _)| x >= v);
+        top.insert(at, (v, i));
+        top.truncate(k);
+    }
+    top
+}
+
 /// erf(x) by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7).
 #[inline(always)]
 fn erf_poly(x: f32) -> f32 {
@@ -235,6 +254,21 @@ pub fn gelu_erf(x: Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `largest` against sorting the whole input: every k from none to more than there are,
+    /// with ties (the earlier item first) and negative infinities among the values.
+    #[test]
+    fn largest_keeps_the_k_largest_in_order() {
+        let mut rng = crate::rng::Rng::new(7);
+        let values: Vec<f32> =
+            (0..300).map(|i| if i % 17 == 0 { f32::NEG_INFINITY } else { (rng.normal() * 3.0).round() as f32 }).collect();
+        let mut sorted: Vec<(f32, u32)> = values.iter().copied().zip(0..).collect();
+        sorted.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+        for k in [0, 1, 2, 6, 50, 299, 300, 301] {
+            let got = largest(values.iter().copied().zip(0..), k);
+            assert_eq!(got, sorted[..k.min(300)], "k = {k}");
+        }
+    }
 
     #[test]
     fn logsumexp_matches_the_libm_loop_with_suppressed_tokens() {

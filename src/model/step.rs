@@ -8,7 +8,7 @@
 use super::config::WhisperConfig;
 use super::decoder::ExportedState;
 use super::gemv::{add_weighted_rows, dot_rows_batch_f32, dot_rows_f32, BatchOut, Matrix, QuantizedRows};
-use super::kernels::{gelu_slice, softmax_row};
+use super::kernels::{gelu_slice, largest, softmax_row};
 use anyhow::{ensure, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -195,20 +195,11 @@ impl StepDecoder {
         let h = &s.scratch.h;
         let l1: f32 = h.iter().map(|v| v.abs()).sum();
         let text = &mut logits[..q.rows];
-        let floor = if top <= 1 {
-            text.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| v - q.error_bound(i, l1)).fold(f32::NEG_INFINITY, f32::max)
-        } else {
-            // The top-th largest lower bound: no token whose upper bound is below it can be
-            // among the top largest.
-            let mut lower: Vec<f32> =
-                text.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| v - q.error_bound(i, l1)).collect();
-            if lower.len() < top {
-                f32::NEG_INFINITY
-            } else {
-                let at = lower.len() - top;
-                *lower.select_nth_unstable_by(at, f32::total_cmp).1
-            }
-        };
+        // No token whose upper bound is below the top-th largest lower bound can be among the
+        // top largest.
+        let top = top.max(1);
+        let lower_bounds = text.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, v)| (v - q.error_bound(i, l1), i as u32));
+        let floor = largest(lower_bounds, top).get(top - 1).map_or(f32::NEG_INFINITY, |&(v, _)| v);
         for (i, v) in text.iter_mut().enumerate() {
             if v.is_finite() && *v + q.error_bound(i, l1) >= floor {
                 *v = self.embedding.dot_row(i, h);
