@@ -1,11 +1,17 @@
 //! A small seeded generator (splitmix64): training data sampling, initialisation and
 //! temperature sampling, reproducible for a given seed without an extra dependency.
 
+#[derive(Clone)]
 pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed ^ 0xC0DA_5EED)
+    }
+    /// An independent generator for stream `k` of this one, without advancing this one (draws
+    /// made side by side that must not shift this generator's own sequence).
+    pub fn fork(&self, k: u64) -> Rng {
+        Rng(Rng(self.0 ^ k.wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64())
     }
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -810,17 +810,7 @@ impl<'m> Transcriber<'m> {
             let result = if temperature <= 0.0 && opts.beam_size > 1 {
                 self.beam_search(start, first, initial.len(), opts, token_count, limits)?
             } else if temperature > 0.0 && opts.best_of > 1 {
-                // openai's best_of: several samples at this temperature, the likeliest per
-                // token kept.
-                let mut best: Option<DecodeResult> = None;
-                for _ in 0..opts.best_of {
-                    let sampled =
-                        self.sample(start.clone(), None, first.clone(), initial.len(), temperature, opts, rng, token_count, limits)?;
-                    if best.as_ref().is_none_or(|b| sampled.avg_logprob > b.avg_logprob) {
-                        best = Some(sampled);
-                    }
-                }
-                best.expect("best_of > 1 samples")
+                self.sample_best_of(start, first, initial.len(), temperature, opts, rng, token_count, limits)?
             } else {
                 self.sample(start, draft, first, initial.len(), temperature, opts, rng, token_count, limits)?
             };
@@ -1007,10 +997,123 @@ impl<'m> Transcriber<'m> {
                 }
             }
         }
-        let avg_logprob = sum_logprob / (generated.len() + 1) as f64;
-        let text = tok.decode_text(&generated)?;
-        let hit_token_limit = token_limit.is_some_and(|limit| generated.len() >= limit);
-        Ok(DecodeResult { tokens: generated, text, avg_logprob, no_speech_prob: 0.0, compression_ratio: 0.0, temperature, hit_token_limit })
+        self.decoded(generated, sum_logprob, temperature, token_limit)
+    }
+
+    /// A decoded window's result: its text, and its log-probability per token counting the
+    /// end-of-text (as openai's). The no-speech probability and compression ratio come later.
+    fn decoded(&self, tokens: Vec<u32>, sum_logprob: f64, temperature: f32, token_limit: Option<usize>) -> Result<DecodeResult> {
+        Ok(DecodeResult {
+            avg_logprob: sum_logprob / (tokens.len() + 1) as f64,
+            text: self.model.tokenizer.decode_text(&tokens)?,
+            hit_token_limit: token_limit.is_some_and(|limit| tokens.len() >= limit),
+            tokens,
+            no_speech_prob: 0.0,
+            compression_ratio: 0.0,
+            temperature,
+        })
+    }
+
+    /// openai's best_of: `opts.best_of` samples at `temperature` from one start, the one with
+    /// the highest log-probability per token kept (the first on a tie). With the single-token
+    /// decoder the samples step as one batch (each weight read once for all of them); each
+    /// makes exactly the draws [`Transcriber::sample`] would, sample 0 from `rng` itself (so it
+    /// is the single draw of the same seed) and the others from their own forks of it.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_best_of(
+        &self,
+        start: Stepper,
+        first: Logits,
+        sample_begin: usize,
+        temperature: f32,
+        opts: &TranscribeOptions,
+        rng: &mut Rng,
+        token_count: &mut usize,
+        (sample_len, token_limit): (usize, Option<usize>),
+    ) -> Result<DecodeResult> {
+        let n = opts.best_of.max(1);
+        let (Stepper::Fast(start), Some(step)) = (&start, &self.model.step) else {
+            // The tensor decoder: one sample after another.
+            let mut best: Option<DecodeResult> = None;
+            for _ in 0..n {
+                let sampled = self.sample(
+                    start.clone(),
+                    None,
+                    first.clone(),
+                    sample_begin,
+                    temperature,
+                    opts,
+                    rng,
+                    token_count,
+                    (sample_len, token_limit),
+                )?;
+                if best.as_ref().is_none_or(|b| sampled.avg_logprob > b.avg_logprob) {
+                    best = Some(sampled);
+                }
+            }
+            return Ok(best.expect("best_of ≥ 1 samples"));
+        };
+        struct Draw {
+            tokens: Vec<u32>,
+            sum_logprob: f64,
+            state: StepState,
+            rng: Rng,
+        }
+        let eot = self.model.tokenizer.eot;
+        let max_initial = (opts.max_initial_timestamp as f64 / TIME_PRECISION).round() as usize;
+        let mut draws: Vec<Draw> = (0..n)
+            .map(|k| Draw {
+                tokens: Vec::new(),
+                sum_logprob: 0.0,
+                state: start.fork(step),
+                rng: if k == 0 { rng.clone() } else { rng.fork(k as u64) },
+            })
+            .collect();
+        let vocab = first.values.len();
+        let mut logits: Vec<f32> = first.values.iter().copied().cycle().take(n * vocab).collect();
+        let mut approximate = first.approximate;
+        let mut scratch = step.batch_scratch(n, start);
+        // The draws still decoding, in order; draw i's logits are at its place in this list.
+        let mut active: Vec<usize> = (0..n).collect();
+        while !active.is_empty() {
+            let mut stepping = Vec::with_capacity(active.len());
+            let mut next_tokens = Vec::with_capacity(active.len());
+            for (&i, logits) in active.iter().zip(logits.chunks_mut(vocab)) {
+                let draw = &mut draws[i];
+                self.apply_filters(logits, &draw.tokens, opts, max_initial, approximate.then_some(&draw.state), 1);
+                let next = sample_from(logits, temperature, &mut draw.rng);
+                *token_count += 1;
+                if next == eot {
+                    continue;
+                }
+                draw.sum_logprob += (logits[next as usize] - logsumexp(logits)) as f64;
+                draw.tokens.push(next);
+                if draw.tokens.len() >= sample_len || sample_begin + draw.tokens.len() >= self.model.decoder.max_positions {
+                    continue;
+                }
+                stepping.push(i);
+                next_tokens.push(next);
+            }
+            active = stepping;
+            if active.is_empty() {
+                break;
+            }
+            logits.resize(active.len() * vocab, 0.0);
+            // `active` is in increasing order, so this keeps each draw at its place in it.
+            let mut states: Vec<&mut StepState> =
+                draws.iter_mut().enumerate().filter(|(i, _)| active.binary_search(i).is_ok()).map(|(_, d)| &mut d.state).collect();
+            step.step_batch(&next_tokens, &mut states, &mut scratch, &mut logits)?;
+            approximate = step.is_approximate();
+        }
+        *rng = draws[0].rng.clone();
+        let mut best: Option<DecodeResult> = None;
+        for draw in draws {
+            let sampled = self.decoded(draw.tokens, draw.sum_logprob, temperature, token_limit)?;
+            if best.as_ref().is_none_or(|b| sampled.avg_logprob > b.avg_logprob) {
+                best = Some(sampled);
+            }
+        }
+        Ok(best.expect("best_of ≥ 1 samples"))
     }
 
     /// How many tokens a window may take: (the length limit, and the per-second token limit
@@ -1161,17 +1264,7 @@ impl<'m> Transcriber<'m> {
         let per_token = |(tokens, score): &(Vec<u32>, f64)| score / tokens.len().max(1) as f64;
         let (tokens, sum_logprob) =
             finished.into_iter().max_by(|a, b| per_token(a).total_cmp(&per_token(b))).expect("a beam always finishes or runs out of room");
-        let text = tok.decode_text(&tokens)?;
-        let hit_token_limit = token_limit.is_some_and(|limit| tokens.len() >= limit);
-        Ok(DecodeResult {
-            avg_logprob: sum_logprob / (tokens.len() + 1) as f64,
-            tokens,
-            text,
-            no_speech_prob: 0.0,
-            compression_ratio: 0.0,
-            temperature: 0.0,
-            hit_token_limit,
-        })
+        self.decoded(tokens, sum_logprob, 0.0, token_limit)
     }
 
     /// openai's logit filters: SuppressBlank, SuppressTokens and the timestamp rules. Logits
