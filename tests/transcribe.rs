@@ -365,6 +365,13 @@ fn beam_search_reads_more_exactly_than_greedy_decoding() {
     }
     assert!(beams.segments.windows(2).all(|w| w[0].end <= w[1].start + 1e-6), "segments overlap");
     assert!(beams.segments.iter().all(|s| s.avg_logprob < 0.0 && s.avg_logprob > -1.0));
+    // The tensor decoder (the GPU and float16 path) steps its beams one by one to the same words.
+    let dir = coda_asr::model::resolve_model_dir("tiny.en").unwrap();
+    let mut tensors_only = coda_asr::model::WhisperModel::load(&dir, &candle_core::Device::Cpu).unwrap();
+    tensors_only.step = None;
+    let on_tensors =
+        Transcriber::new(&tensors_only).transcribe(&audio, &TranscribeOptions { beam_size: 5, ..Default::default() }, &mut |_| {}).unwrap();
+    assert_eq!(on_tensors.text, beams.text);
 }
 
 #[test]
