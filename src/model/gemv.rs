@@ -406,7 +406,7 @@ unsafe impl Sync for BatchOut<'_> {}
 impl<'a> BatchOut<'a> {
     /// `out` holds `n` outputs of equal length, one after another.
     pub fn new(out: &'a mut [f32], n: usize) -> Self {
-        assert!(n > 0 && out.len() % n == 0, "{} floats do not split into {n} outputs", out.len());
+        assert!(n > 0 && out.len().is_multiple_of(n), "{} floats do not split into {n} outputs", out.len());
         let stride = out.len() / n;
         Self { ptr: out.as_mut_ptr(), stride, first: 0, rows: stride, n, _out: std::marker::PhantomData }
     }
@@ -816,7 +816,7 @@ mod tests {
     /// Runs `batch` on `n` inputs and checks each output against `single` on that input
     /// alone, bit for bit.
     fn check_batch<T: Copy>(what: &str, w: &[T], cols: usize, x: &[f32], n: usize, single: RowKernel<T>, batch: Option<BatchKernel<T>>) {
-        let rows = if cols == 0 { 0 } else { w.len() / cols };
+        let rows = w.len() / cols;
         let mut got = vec![f32::NAN; n * rows];
         dot_rows_batch(w, cols, x, BatchOut::new(&mut got, n.max(1)), single, batch);
         for b in 0..n {
