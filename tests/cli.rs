@@ -236,6 +236,8 @@ fn eval_writes_reports_that_compare() {
     // Greedy, eval's default (the benchmark protocol): it hears "concern" for "concerned".
     let wer = report["summary"]["wer"].as_f64().unwrap();
     assert!(wer > 0.0 && wer < 10.0, "{wer}");
+    assert_eq!(report["summary"]["beam_size"], 1);
+    assert!(std::fs::read_to_string(&md).unwrap().contains("| search | greedy |"));
     // One 30 s window: 36.9 GFLOP dense; silence caching runs the 9.7 s of audio (and 1 s more).
     let (run, dense) = (report["summary"]["encoder_gflop"].as_f64().unwrap(), report["summary"]["encoder_dense_gflop"].as_f64().unwrap());
     assert!(dense > 36.0 && dense < 38.0, "{dense}");

@@ -98,6 +98,16 @@ pub struct EvalSummary {
     /// Fraction of frames through each layer's heavy branch.
     pub heavy_fraction: Vec<f64>,
     pub reduction: f64,
+    /// Beams at temperature 0 (1: greedy) and samples per fallback temperature. Older reports
+    /// lack them and read as greedy, which all but a few of session 34's were.
+    #[serde(default = "one")]
+    pub beam_size: usize,
+    #[serde(default = "one")]
+    pub best_of: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +219,8 @@ pub fn run(
         encoder_dense_gflop: dense_gflop,
         heavy_fraction: heavy.iter().map(|&h| h as f64 / frames.max(1) as f64).collect(),
         reduction: opts.encode.reduction,
+        beam_size: opts.beam_size.max(1),
+        best_of: opts.best_of.max(1),
     };
     Ok(EvalReport { summary, clips })
 }
@@ -222,6 +234,12 @@ fn metric_rows() -> Vec<(&'static str, fn(&EvalSummary) -> String)> {
     vec![
         ("model", |s| s.model.clone()),
         ("reduction r", |s| format!("{}", s.reduction)),
+        ("search", |s| match (s.beam_size, s.best_of) {
+            (1, 1) => "greedy".to_string(),
+            (1, n) => format!("greedy, best of {n} when sampling"),
+            (b, 1) => format!("{b} beams"),
+            (b, n) => format!("{b} beams, best of {n} when sampling"),
+        }),
         ("clips (failed)", |s| format!("{} ({})", s.clips, s.failed)),
         ("WER %", |s| format!("{:.2}", s.wer)),
         ("sub / ins / del", |s| format!("{} / {} / {}", s.counts.substitutions, s.counts.insertions, s.counts.deletions)),
