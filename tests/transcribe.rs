@@ -196,6 +196,15 @@ fn a_long_segment_with_few_words_counts_as_skipped_speech() {
     assert!(!sparse(&ordinary));
 }
 
+/// The quick-start clip's encoder output (tiny.en, dense, its audio block and cached padding).
+fn quick_start_features() -> candle_core::Tensor {
+    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
+    let t = Transcriber::new(common::tiny_en());
+    let mel = t.log_mel(&audio);
+    t.encode_segment(&mel, 0, audio.len() / coda_asr::mel::HOP_LENGTH, &TranscribeOptions::default()).unwrap().0
+}
+
 /// The single-token decoder (every decoded token on the CPU, and a window's short prompt) gives
 /// the batched decoder's predictions at every position: exact logits for the tokens after the
 /// text ones, and, once refined, the same largest text logit for the same token, also with the
@@ -207,11 +216,7 @@ fn single_token_decoder_matches_the_batched_decoder_position_by_position() {
     use coda_asr::model::step::StepState;
     let model = common::tiny_en();
     let step = model.step.as_ref().expect("the CPU float32 model has a single-token decoder");
-    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
-    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
-    let t = Transcriber::new(model);
-    let mel = t.log_mel(&audio);
-    let (features, _) = t.encode_segment(&mel, 0, audio.len() / coda_asr::mel::HOP_LENGTH, &TranscribeOptions::default()).unwrap();
+    let features = quick_start_features();
     // <|startoftranscript|>, a timestamp, then the words' tokens.
     let mut tokens = vec![model.tokenizer.sot, model.tokenizer.timestamp_begin];
     tokens.extend(model.tokenizer.encode(" Printing, in the only sense").unwrap());
@@ -283,11 +288,7 @@ fn sequences_stepped_together_decode_bit_for_bit_as_each_alone() {
     use coda_asr::model::step::StepState;
     let model = common::tiny_en();
     let step = model.step.as_ref().expect("the CPU float32 model has a single-token decoder");
-    let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
-    let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
-    let t = Transcriber::new(model);
-    let mel = t.log_mel(&audio);
-    let (features, _) = t.encode_segment(&mel, 0, audio.len() / coda_asr::mel::HOP_LENGTH, &TranscribeOptions::default()).unwrap();
+    let features = quick_start_features();
     let fresh = || StepState::from_exported(step, model.decoder.start(&features).unwrap().export().unwrap()).unwrap();
     let words = model.tokenizer.encode(" Printing, in the only sense with which we are at present concerned").unwrap();
     let base = fresh();

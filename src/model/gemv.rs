@@ -274,12 +274,79 @@ pub fn dot_rows_f16(w: &[f16], cols: usize, x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// One x86 batched kernel ([`dot_rows_batch`]): the one-input kernel's loop, each weight register
+/// used for N inputs, each product summed in the one-input kernel's order.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_rows_batch_kernel {
+    ($name:ident, $features:literal, $elem:ty, $lanes:literal, $zero:ident, $load_w:expr, $load_x:ident, $fma:ident, $sum:expr) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name(w: &[$elem], cols: usize, x: &[f32], n: usize, out: BatchOut) {
+            #[target_feature(enable = $features)]
+            unsafe fn run<const N: usize>(w: &[$elem], cols: usize, x: &[f32], mut out: BatchOut) {
+                use std::arch::x86_64::*;
+                let body = cols / $lanes * $lanes;
+                let tail = |row: usize, b: usize| -> f32 { (body..cols).map(|i| f32::from(w[row * cols + i]) * x[b * cols + i]).sum() };
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let rows = out.rows;
+                let mut r = 0;
+                while r + 2 <= rows {
+                    let p = wp.add(r * cols);
+                    let mut a0 = [$zero(); N];
+                    let mut a1 = [$zero(); N];
+                    let mut i = 0;
+                    while i < body {
+                        let (w0, w1) = ($load_w(p.add(i)), $load_w(p.add(cols + i)));
+                        for b in 0..N {
+                            let xv = $load_x(xp.add(b * cols + i));
+                            a0[b] = $fma(w0, xv, a0[b]);
+                            a1[b] = $fma(w1, xv, a1[b]);
+                        }
+                        i += $lanes;
+                    }
+                    for b in 0..N {
+                        let o = out.output(b);
+                        o[r] = $sum(a0[b]) + tail(r, b);
+                        o[r + 1] = $sum(a1[b]) + tail(r + 1, b);
+                    }
+                    r += 2;
+                }
+                if r < rows {
+                    let p = wp.add(r * cols);
+                    let mut a = [$zero(); N];
+                    let mut i = 0;
+                    while i < body {
+                        let wv = $load_w(p.add(i));
+                        for b in 0..N {
+                            a[b] = $fma(wv, $load_x(xp.add(b * cols + i)), a[b]);
+                        }
+                        i += $lanes;
+                    }
+                    for b in 0..N {
+                        out.output(b)[r] = $sum(a[b]) + tail(r, b);
+                    }
+                }
+            }
+            match n {
+                1 => run::<1>(w, cols, x, out),
+                2 => run::<2>(w, cols, x, out),
+                3 => run::<3>(w, cols, x, out),
+                4 => run::<4>(w, cols, x, out),
+                5 => run::<5>(w, cols, x, out),
+                6 => run::<6>(w, cols, x, out),
+                _ => unreachable!("at most BATCH_PER_PASS inputs per pass"),
+            }
+        }
+    };
+}
+
 /// One x86 kernel of `dot_rows_*`: `$lanes` floats per vector register, `$load_w` reads (and
 /// widens) `$lanes` weights, `$sum` adds a register's lanes; the columns past the last full
-/// register and the rows past the last block of four are summed one by one.
+/// register and the rows past the last block of four are summed one by one. `$batch` is the
+/// same kernel for several inputs at once.
 #[cfg(target_arch = "x86_64")]
 macro_rules! dot_rows_kernel {
-    ($name:ident, $features:literal, $elem:ty, $lanes:literal, $zero:ident, $load_w:expr, $load_x:ident, $fma:ident, $sum:expr) => {
+    ($name:ident, $batch:ident, $features:literal, $elem:ty, $lanes:literal, $zero:ident, $load_w:expr, $load_x:ident, $fma:ident, $sum:expr) => {
+        dot_rows_batch_kernel!($batch, $features, $elem, $lanes, $zero, $load_w, $load_x, $fma, $sum);
         #[target_feature(enable = $features)]
         unsafe fn $name(w: &[$elem], cols: usize, x: &[f32], out: &mut [f32]) {
             use std::arch::x86_64::*;
@@ -323,6 +390,7 @@ macro_rules! dot_rows_kernel {
 #[cfg(target_arch = "x86_64")]
 dot_rows_kernel!(
     dot_rows_f32_avx512,
+    dot_rows_batch_f32_avx512,
     "avx512f",
     f32,
     16,
@@ -335,6 +403,7 @@ dot_rows_kernel!(
 #[cfg(target_arch = "x86_64")]
 dot_rows_kernel!(
     dot_rows_f16_avx512,
+    dot_rows_batch_f16_avx512,
     "avx512f",
     f16,
     16,
@@ -347,6 +416,7 @@ dot_rows_kernel!(
 #[cfg(target_arch = "x86_64")]
 dot_rows_kernel!(
     dot_rows_i8_avx512,
+    dot_rows_batch_i8_avx512,
     "avx512f",
     i8,
     16,
@@ -359,6 +429,7 @@ dot_rows_kernel!(
 #[cfg(target_arch = "x86_64")]
 dot_rows_kernel!(
     dot_rows_i8_avx2,
+    dot_rows_batch_i8_avx2,
     "avx2,fma",
     i8,
     8,
@@ -369,12 +440,22 @@ dot_rows_kernel!(
     |a| sum_m256(a)
 );
 #[cfg(target_arch = "x86_64")]
-dot_rows_kernel!(dot_rows_f32_avx2, "avx2,fma", f32, 8, _mm256_setzero_ps, |p| _mm256_loadu_ps(p), _mm256_loadu_ps, _mm256_fmadd_ps, |a| {
-    sum_m256(a)
-});
+dot_rows_kernel!(
+    dot_rows_f32_avx2,
+    dot_rows_batch_f32_avx2,
+    "avx2,fma",
+    f32,
+    8,
+    _mm256_setzero_ps,
+    |p| _mm256_loadu_ps(p),
+    _mm256_loadu_ps,
+    _mm256_fmadd_ps,
+    |a| { sum_m256(a) }
+);
 #[cfg(target_arch = "x86_64")]
 dot_rows_kernel!(
     dot_rows_f16_avx2,
+    dot_rows_batch_f16_avx2,
     "avx2,fma,f16c",
     f16,
     8,
@@ -463,187 +544,39 @@ fn dot_rows_batch<T: Copy>(
 
 type BatchKernel<T> = unsafe fn(&[T], usize, &[f32], usize, BatchOut);
 
-/// One x86 batched kernel: `$single`'s loop with each weight register used for N inputs.
-#[cfg(target_arch = "x86_64")]
-macro_rules! dot_rows_batch_kernel {
-    ($name:ident, $features:literal, $elem:ty, $lanes:literal, $zero:ident, $load_w:expr, $load_x:ident, $fma:ident, $sum:expr) => {
-        #[target_feature(enable = $features)]
-        unsafe fn $name(w: &[$elem], cols: usize, x: &[f32], n: usize, out: BatchOut) {
-            #[target_feature(enable = $features)]
-            unsafe fn run<const N: usize>(w: &[$elem], cols: usize, x: &[f32], mut out: BatchOut) {
-                use std::arch::x86_64::*;
-                let body = cols / $lanes * $lanes;
-                let tail = |row: usize, b: usize| -> f32 { (body..cols).map(|i| f32::from(w[row * cols + i]) * x[b * cols + i]).sum() };
-                let (wp, xp) = (w.as_ptr(), x.as_ptr());
-                let rows = out.rows;
-                let mut r = 0;
-                while r + 2 <= rows {
-                    let p = wp.add(r * cols);
-                    let mut a0 = [$zero(); N];
-                    let mut a1 = [$zero(); N];
-                    let mut i = 0;
-                    while i < body {
-                        let (w0, w1) = ($load_w(p.add(i)), $load_w(p.add(cols + i)));
-                        for b in 0..N {
-                            let xv = $load_x(xp.add(b * cols + i));
-                            a0[b] = $fma(w0, xv, a0[b]);
-                            a1[b] = $fma(w1, xv, a1[b]);
-                        }
-                        i += $lanes;
-                    }
-                    for b in 0..N {
-                        let o = out.output(b);
-                        o[r] = $sum(a0[b]) + tail(r, b);
-                        o[r + 1] = $sum(a1[b]) + tail(r + 1, b);
-                    }
-                    r += 2;
-                }
-                if r < rows {
-                    let p = wp.add(r * cols);
-                    let mut a = [$zero(); N];
-                    let mut i = 0;
-                    while i < body {
-                        let wv = $load_w(p.add(i));
-                        for b in 0..N {
-                            a[b] = $fma(wv, $load_x(xp.add(b * cols + i)), a[b]);
-                        }
-                        i += $lanes;
-                    }
-                    for b in 0..N {
-                        out.output(b)[r] = $sum(a[b]) + tail(r, b);
-                    }
+/// A public batched row product: the AVX-512 kernel, else the AVX2 one where the CPU has
+/// `$avx2_feature`s, else the one-input kernel per input ([`dot_rows_batch`]).
+macro_rules! batch_entry {
+    ($(#[$doc:meta])* $name:ident, $elem:ty, $single:ident, $avx512:ident, $avx2:ident, $($avx2_feature:tt),+) => {
+        $(#[$doc])*
+        pub fn $name(w: &[$elem], cols: usize, x: &[f32], out: BatchOut) {
+            #[allow(unused_mut)]
+            let mut kernel: Option<BatchKernel<$elem>> = None;
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    kernel = Some($avx512);
+                } else if $(std::is_x86_feature_detected!($avx2_feature))&&+ {
+                    kernel = Some($avx2);
                 }
             }
-            match n {
-                1 => run::<1>(w, cols, x, out),
-                2 => run::<2>(w, cols, x, out),
-                3 => run::<3>(w, cols, x, out),
-                4 => run::<4>(w, cols, x, out),
-                5 => run::<5>(w, cols, x, out),
-                6 => run::<6>(w, cols, x, out),
-                _ => unreachable!("at most BATCH_PER_PASS inputs per pass"),
-            }
+            dot_rows_batch(w, cols, x, out, $single, kernel)
         }
     };
 }
 
-#[cfg(target_arch = "x86_64")]
-dot_rows_batch_kernel!(
-    dot_rows_batch_f32_avx512,
-    "avx512f",
-    f32,
-    16,
-    _mm512_setzero_ps,
-    |p| _mm512_loadu_ps(p),
-    _mm512_loadu_ps,
-    _mm512_fmadd_ps,
-    |a| { _mm512_reduce_add_ps(a) }
+batch_entry!(
+    /// [`dot_rows_f32`] for each input of a batch ([`dot_rows_batch`]).
+    dot_rows_batch_f32, f32, dot_rows_f32, dot_rows_batch_f32_avx512, dot_rows_batch_f32_avx2, "avx2", "fma"
 );
-#[cfg(target_arch = "x86_64")]
-dot_rows_batch_kernel!(
-    dot_rows_batch_f16_avx512,
-    "avx512f",
-    f16,
-    16,
-    _mm512_setzero_ps,
-    |p: *const f16| _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
-    _mm512_loadu_ps,
-    _mm512_fmadd_ps,
-    |a| _mm512_reduce_add_ps(a)
+batch_entry!(
+    /// [`dot_rows_f16`] for each input of a batch ([`dot_rows_batch`]).
+    dot_rows_batch_f16, f16, dot_rows_f16, dot_rows_batch_f16_avx512, dot_rows_batch_f16_avx2, "avx2", "fma", "f16c"
 );
-#[cfg(target_arch = "x86_64")]
-dot_rows_batch_kernel!(
-    dot_rows_batch_i8_avx512,
-    "avx512f",
-    i8,
-    16,
-    _mm512_setzero_ps,
-    |p: *const i8| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i))),
-    _mm512_loadu_ps,
-    _mm512_fmadd_ps,
-    |a| _mm512_reduce_add_ps(a)
+batch_entry!(
+    /// [`dot_rows_i8`] for each input of a batch ([`dot_rows_batch`]).
+    dot_rows_batch_i8, i8, dot_rows_i8, dot_rows_batch_i8_avx512, dot_rows_batch_i8_avx2, "avx2", "fma"
 );
-#[cfg(target_arch = "x86_64")]
-dot_rows_batch_kernel!(
-    dot_rows_batch_f32_avx2,
-    "avx2,fma",
-    f32,
-    8,
-    _mm256_setzero_ps,
-    |p| _mm256_loadu_ps(p),
-    _mm256_loadu_ps,
-    _mm256_fmadd_ps,
-    |a| sum_m256(a)
-);
-#[cfg(target_arch = "x86_64")]
-dot_rows_batch_kernel!(
-    dot_rows_batch_f16_avx2,
-    "avx2,fma,f16c",
-    f16,
-    8,
-    _mm256_setzero_ps,
-    |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
-    _mm256_loadu_ps,
-    _mm256_fmadd_ps,
-    |a| sum_m256(a)
-);
-#[cfg(target_arch = "x86_64")]
-dot_rows_batch_kernel!(
-    dot_rows_batch_i8_avx2,
-    "avx2,fma",
-    i8,
-    8,
-    _mm256_setzero_ps,
-    |p: *const i8| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))),
-    _mm256_loadu_ps,
-    _mm256_fmadd_ps,
-    |a| sum_m256(a)
-);
-
-/// [`dot_rows_f32`] for each input of a batch ([`dot_rows_batch`]).
-pub fn dot_rows_batch_f32(w: &[f32], cols: usize, x: &[f32], out: BatchOut) {
-    #[allow(unused_mut)]
-    let mut kernel: Option<BatchKernel<f32>> = None;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            kernel = Some(dot_rows_batch_f32_avx512);
-        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            kernel = Some(dot_rows_batch_f32_avx2);
-        }
-    }
-    dot_rows_batch(w, cols, x, out, dot_rows_f32, kernel)
-}
-
-/// [`dot_rows_f16`] for each input of a batch ([`dot_rows_batch`]).
-pub fn dot_rows_batch_f16(w: &[f16], cols: usize, x: &[f32], out: BatchOut) {
-    #[allow(unused_mut)]
-    let mut kernel: Option<BatchKernel<f16>> = None;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            kernel = Some(dot_rows_batch_f16_avx512);
-        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
-            kernel = Some(dot_rows_batch_f16_avx2);
-        }
-    }
-    dot_rows_batch(w, cols, x, out, dot_rows_f16, kernel)
-}
-
-/// [`dot_rows_i8`] for each input of a batch ([`dot_rows_batch`]).
-pub fn dot_rows_batch_i8(w: &[i8], cols: usize, x: &[f32], out: BatchOut) {
-    #[allow(unused_mut)]
-    let mut kernel: Option<BatchKernel<i8>> = None;
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            kernel = Some(dot_rows_batch_i8_avx512);
-        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            kernel = Some(dot_rows_batch_i8_avx2);
-        }
-    }
-    dot_rows_batch(w, cols, x, out, dot_rows_i8, kernel)
-}
 
 /// out = Σ_t p_t · v_t over the rows v_t of `v` (row-major, `cols` wide): attention's weighted
 /// sum of values. Compiled for the widest vector set the CPU has, chosen once per call.
