@@ -284,6 +284,7 @@ impl StepDecoder {
         ensure!(logits.len() == n * self.vocab_size, "logits for {n} sequences need {} floats", n * self.vocab_size);
         let cross = states[0].cross.clone();
         ensure!(states.iter().all(|s| Arc::ptr_eq(&s.cross, &cross)), "sequences stepped together must decode one window");
+        ensure!(sc.scores.len() >= heads * n * cross.frames, "batch scratch made for a window of fewer frames");
         for (b, (&token, s)) in tokens.iter().zip(states.iter()).enumerate() {
             let pos = s.position;
             ensure!(pos < self.max_positions, "decoder context of {} tokens exceeded", self.max_positions);
