@@ -1032,26 +1032,17 @@ impl<'m> Transcriber<'m> {
         (sample_len, token_limit): (usize, Option<usize>),
     ) -> Result<DecodeResult> {
         let n = opts.best_of.max(1);
+        // The likeliest per token, the first on a tie.
+        let likeliest = |samples: Vec<DecodeResult>| {
+            samples.into_iter().reduce(|best, s| if s.avg_logprob > best.avg_logprob { s } else { best }).expect("best_of ≥ 1 samples")
+        };
         let (Stepper::Fast(start), Some(step)) = (&start, &self.model.step) else {
             // The tensor decoder: one sample after another.
-            let mut best: Option<DecodeResult> = None;
-            for _ in 0..n {
-                let sampled = self.sample(
-                    start.clone(),
-                    None,
-                    first.clone(),
-                    sample_begin,
-                    temperature,
-                    opts,
-                    rng,
-                    token_count,
-                    (sample_len, token_limit),
-                )?;
-                if best.as_ref().is_none_or(|b| sampled.avg_logprob > b.avg_logprob) {
-                    best = Some(sampled);
-                }
-            }
-            return Ok(best.expect("best_of ≥ 1 samples"));
+            let limits = (sample_len, token_limit);
+            let samples = (0..n)
+                .map(|_| self.sample(start.clone(), None, first.clone(), sample_begin, temperature, opts, rng, token_count, limits))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(likeliest(samples));
         };
         struct Draw {
             tokens: Vec<u32>,
@@ -1106,14 +1097,9 @@ impl<'m> Transcriber<'m> {
             approximate = step.is_approximate();
         }
         *rng = draws[0].rng.clone();
-        let mut best: Option<DecodeResult> = None;
-        for draw in draws {
-            let sampled = self.decoded(draw.tokens, draw.sum_logprob, temperature, token_limit)?;
-            if best.as_ref().is_none_or(|b| sampled.avg_logprob > b.avg_logprob) {
-                best = Some(sampled);
-            }
-        }
-        Ok(best.expect("best_of ≥ 1 samples"))
+        let samples =
+            draws.into_iter().map(|d| self.decoded(d.tokens, d.sum_logprob, temperature, token_limit)).collect::<Result<Vec<_>>>()?;
+        Ok(likeliest(samples))
     }
 
     /// How many tokens a window may take: (the length limit, and the per-second token limit
