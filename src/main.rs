@@ -4,7 +4,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use coda_asr::device::{DTypeChoice, DeviceChoice};
 use coda_asr::eval;
-use coda_asr::model::{coda::CrossFrames, import::import_ct2_dir, resolve_model_dir, EncodeOptions, WhisperModel, DEFAULT_MODEL};
+use coda_asr::model::{import::import_ct2_dir, resolve_model_dir, EncodeOptions, WhisperModel, DEFAULT_MODEL};
 use coda_asr::output::{render, CueLayout, Format};
 use coda_asr::stream::{vad::MIN_VOICED_FRAMES, StreamOptions};
 use coda_asr::transcribe::{Task, TranscribeOptions, Transcriber};
@@ -136,11 +136,6 @@ struct DecodeArgs {
     /// Default: 5 for `transcribe` (as those command lines), 1 for `eval`.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=32))]
     best_of: Option<u32>,
-    /// What the decoder cross-attends to at r > 1: `all` frames, as the dense model; `heavy`,
-    /// only the audio frames the last adapted layer's heavy branch updated, and every padding
-    /// frame; `heavy-grid`, that layer's grid over the whole window, padding included.
-    #[arg(long, value_enum, default_value_t = CrossFramesArg::All)]
-    cross_frames: CrossFramesArg,
     /// Encoder reduction factor r: CoDA layers send ceil(n / r) frames through the heavy
     /// layer (default: the adapters' own default; ignored with --dense).
     #[arg(long, value_parser = parse_reduction)]
@@ -173,23 +168,6 @@ const TRANSCRIBE_SEARCH: SearchDefaults = SearchDefaults { beam_size: 5, best_of
 /// against faster-whisper's greedy decoding, are greedy.
 const EVAL_SEARCH: SearchDefaults = SearchDefaults { beam_size: 1, best_of: 1 };
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum CrossFramesArg {
-    All,
-    Heavy,
-    HeavyGrid,
-}
-
-impl From<CrossFramesArg> for CrossFrames {
-    fn from(arg: CrossFramesArg) -> Self {
-        match arg {
-            CrossFramesArg::All => CrossFrames::All,
-            CrossFramesArg::Heavy => CrossFrames::Heavy,
-            CrossFramesArg::HeavyGrid => CrossFrames::HeavyGrid,
-        }
-    }
-}
-
 impl DecodeArgs {
     fn options(&self, model: &WhisperModel, baseline: Option<Baseline>, search: SearchDefaults) -> TranscribeOptions {
         let reduction = match (&model.coda, baseline) {
@@ -211,7 +189,6 @@ impl DecodeArgs {
             skip_unvoiced_windows: !self.transcribe_unvoiced,
             beam_size: self.beam_size.unwrap_or(search.beam_size) as usize,
             best_of: self.best_of.unwrap_or(search.best_of) as usize,
-            cross_frames: self.cross_frames.into(),
             ..Default::default()
         };
         if self.no_fallback {
@@ -517,10 +494,6 @@ struct TrainArgs {
     /// and streaming transcription condition on earlier text (0 = never, as runs before).
     #[arg(long, default_value_t = 0.0)]
     prompt_share: f64,
-    /// What the student's decoder cross-attends to, as `eval --cross-frames` (the teacher
-    /// reads every frame).
-    #[arg(long, value_enum, default_value_t = CrossFramesArg::All)]
-    cross_frames: CrossFramesArg,
     #[arg(long, default_value_t = 2.0)]
     min_seconds: f64,
     #[arg(long, default_value_t = 30.0)]
@@ -583,9 +556,6 @@ struct DistillEvalArgs {
     manifest: PathBuf,
     #[arg(long, value_delimiter = ',', default_value = "2,3,4", value_parser = parse_reduction)]
     reductions: Vec<f64>,
-    /// What the student's decoder cross-attends to, as `eval --cross-frames`.
-    #[arg(long, value_enum, default_value_t = CrossFramesArg::All)]
-    cross_frames: CrossFramesArg,
     /// Write the rows as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -1278,7 +1248,6 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         synthetic_manifest: args.synthetic_manifest.clone(),
         synthetic_share: args.synthetic_share,
         prompt_share: args.prompt_share,
-        cross_frames: args.cross_frames.into(),
         min_seconds: args.min_seconds,
         max_seconds: args.max_seconds,
     };
@@ -1311,7 +1280,7 @@ fn cmd_distill_eval(args: DistillEvalArgs) -> Result<ExitCode> {
     ensure!(!args.model.dense && args.model.baseline.is_none(), "distill-eval measures adapters: drop --dense / --baseline");
     let model = load_model(&args.model)?;
     let weights = model.coda.as_ref().context("no CoDA adapters for this model: pass --coda DIR")?;
-    let rows = coda_asr::train::held_out_losses(&model, weights, &args.manifest, &args.reductions, args.cross_frames.into())?;
+    let rows = coda_asr::train::held_out_losses(&model, weights, &args.manifest, &args.reductions)?;
     println!("{}: held-out distillation losses ({} clips)", args.manifest.display(), rows.first().map_or(0, |r| r.clips));
     println!("| r | predicted tokens | KL per token | top token agrees | encoder MSE |\n| ---: | ---: | ---: | ---: | ---: |");
     for row in &rows {

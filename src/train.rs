@@ -12,7 +12,7 @@
 
 use crate::audio;
 use crate::mel::{MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
-use crate::model::coda::{CodaConfig, CodaWeights, CrossFrames, CrossGrid, Routing};
+use crate::model::coda::{CodaConfig, CodaWeights, Routing};
 use crate::model::{EncodeOptions, EncoderBlock, WhisperModel};
 use crate::rng::Rng;
 use crate::transcribe::{encoded_block_frames, Transcriber};
@@ -65,8 +65,6 @@ pub struct TrainOptions {
     /// Share of steps decoded after a <|startofprev|> prompt: the text of the previous step's
     /// teacher transcript. Long-form and streaming transcription prompt with earlier text.
     pub prompt_share: f64,
-    /// What the student's decoder cross-attends to (the teacher's reads every frame).
-    pub cross_frames: CrossFrames,
     /// Clips of audio shorter/longer than this are made by crops and concatenation.
     pub min_seconds: f64,
     pub max_seconds: f64,
@@ -276,25 +274,11 @@ impl<'m> Distiller<'m> {
     }
 
     /// The student's losses on a taught example at r.
-    /// With a `cross_grid` the student's decoder reads only its frames (see [`CrossFrames`]).
-    fn losses(
-        &self,
-        teaching: &Teaching,
-        student: &[Arc<dyn EncoderBlock>],
-        reduction: f64,
-        cross_grid: Option<CrossGrid>,
-    ) -> Result<Distilled> {
+    fn losses(&self, teaching: &Teaching, student: &[Arc<dyn EncoderBlock>], reduction: f64) -> Result<Distilled> {
         let model = self.model;
         let (encoded, _) =
             model.encoder.forward_window_with(student, &teaching.window, teaching.silence, CHUNK_FRAMES, &EncodeOptions { reduction })?;
-        let logits = match cross_grid {
-            Some(grid) => {
-                let positions = grid.positions(encoded.dim(1)?, teaching.block_frames);
-                let kept = encoded.index_select(&Tensor::new(positions.as_slice(), &model.device)?, 1)?;
-                self.logits(&teaching.forced, &kept)?
-            }
-            None => self.logits(&teaching.forced, &encoded)?,
-        };
+        let logits = self.logits(&teaching.forced, &encoded)?;
         let agreeing_tokens =
             logits.argmax(D::Minus1)?.eq(&teaching.top_tokens)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
         let log_probabilities = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
@@ -362,7 +346,6 @@ pub fn held_out_losses(
     weights: &CodaWeights,
     manifest: &std::path::Path,
     reductions: &[f64],
-    cross_frames: CrossFrames,
 ) -> Result<Vec<HeldOutLoss>> {
     let clips = load_clips(manifest)?;
     ensure!(!clips.is_empty(), "{}: no clips", manifest.display());
@@ -373,7 +356,7 @@ pub fn held_out_losses(
     for clip in &clips {
         let teaching = distiller.teach(&clip[..clip.len().min(CHUNK_SAMPLES)], true, &[])?;
         for (&reduction, (kl, mse, tokens, agreeing)) in reductions.iter().zip(sums.iter_mut()) {
-            let d = distiller.losses(&teaching, &student, reduction, CrossGrid::of(cross_frames, reduction, &weights.config))?;
+            let d = distiller.losses(&teaching, &student, reduction)?;
             *kl += d.kl.to_dtype(DType::F64)?.to_scalar::<f64>()? * d.predicted_tokens as f64;
             *mse += d.mse.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             *tokens += d.predicted_tokens;
@@ -494,7 +477,6 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         "synthetic_manifest": opts.synthetic_manifest.as_ref().map(|p| p.display().to_string()),
         "synthetic_share": opts.synthetic_share,
         "prompt_share": opts.prompt_share,
-        "cross_frames": format!("{:?}", opts.cross_frames).to_lowercase(),
         // What r was drawn from; a resumed run may draw from fewer r than have gates.
         "sampled_reductions": opts.reductions,
         // A resumed run may switch routing (--routing), so each run records its own.
@@ -547,8 +529,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         let prompted = ((step + 1) as f64 * opts.prompt_share).floor() > (step as f64 * opts.prompt_share).floor();
         let prompt: &[u32] = if prompted { &previous_text } else { &[] };
         let teaching = distiller.teach(&audio, timestamps, prompt)?;
-        let cross_grid = CrossGrid::of(opts.cross_frames, reduction, &weights.config);
-        let Distilled { kl, mse, .. } = distiller.losses(&teaching, &student_layers, reduction, cross_grid)?;
+        let Distilled { kl, mse, .. } = distiller.losses(&teaching, &student_layers, reduction)?;
 
         let loss = ((kl.clone() * opts.kl_weight)? + (mse.clone() * opts.mse_weight)?)?;
         let grads = loss.backward()?;

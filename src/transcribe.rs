@@ -3,7 +3,6 @@
 //! unlikely output, no-speech skipping and conditioning on the previous text.
 
 use crate::mel::{LogMel, MelFrontend, CHUNK_FRAMES, CHUNK_SAMPLES, HOP_LENGTH, SAMPLE_RATE};
-use crate::model::coda::{CrossFrames, CrossGrid};
 use crate::model::decoder::CrossKeyValues;
 use crate::model::kernels::{largest, logsumexp};
 use crate::model::step::StepState;
@@ -111,8 +110,6 @@ pub struct TranscribeOptions {
     /// Samples drawn at each temperature of the fallback above 0, the one with the highest
     /// average log-probability kept (1: one sample).
     pub best_of: usize,
-    /// What the decoder cross-attends to in a window encoded at r > 1.
-    pub cross_frames: CrossFrames,
 }
 
 impl TranscribeOptions {
@@ -149,7 +146,6 @@ impl Default for TranscribeOptions {
             word_timestamps: false,
             beam_size: 1,
             best_of: 1,
-            cross_frames: CrossFrames::All,
             draft: Vec::new(),
         }
     }
@@ -305,21 +301,6 @@ struct Padding {
     level: f32,
 }
 
-/// One encoding of a window, as the decoder reads it.
-#[derive(Clone)]
-struct Encoded {
-    features: Tensor,
-    padding: Option<Padding>,
-    cross_grid: Option<CrossGrid>,
-}
-
-impl Encoded {
-    fn new(features: Tensor, stats: &EncodeStats, silence: f32) -> Self {
-        let padding = (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: silence });
-        Self { features, padding, cross_grid: None }
-    }
-}
-
 impl<'m> Transcriber<'m> {
     pub fn new(model: &'m WhisperModel) -> Self {
         let tok = &model.tokenizer;
@@ -437,11 +418,13 @@ impl<'m> Transcriber<'m> {
             };
             let prompt = &all_tokens[prompt_reset_since..];
             let draft: &[u32] = if seek == 0 { &opts.draft } else { &[] };
-            // The encoding `result` was decoded from.
-            let mut encoded = Encoded { cross_grid: self.cross_grid(opts), ..Encoded::new(features, &stats, mel.silence) };
+            let padding =
+                (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
             let mut result =
-                self.decode_with_fallback(&encoded, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens, window_seconds)?;
+                self.decode_with_fallback(&features, padding, prompt, draft, &lang, opts, &mut rng, &mut timings.tokens, window_seconds)?;
             timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
+            // The encoding `result` was decoded from.
+            let mut encoded = (features, padding);
 
             let is_silent = |r: &DecodeResult| {
                 opts.no_speech_threshold.is_some_and(|t| r.no_speech_prob > t as f64)
@@ -456,12 +439,15 @@ impl<'m> Transcriber<'m> {
                 let (features, stats) = self.encode_segment(&mel, seek, segment_size, encoding)?;
                 timings.encoder_ms += stats.ms;
                 accumulate(encoder_total, &stats);
-                Ok(Encoded::new(features, &stats, mel.silence))
+                let padding =
+                    (stats.encoded_frames < stats.frames).then_some(Padding { audio_frames: stats.encoded_frames, level: mel.silence });
+                Ok((features, padding))
             };
             // An encoding of this window decoded after `prompt`.
-            let decode = |encoded: &Encoded, prompt: &[u32], timings: &mut Timings, rng: &mut Rng| {
+            let decode = |(features, padding): &(Tensor, Option<Padding>), prompt: &[u32], timings: &mut Timings, rng: &mut Rng| {
                 let t_dec = Instant::now();
-                let result = self.decode_with_fallback(encoded, prompt, draft, &lang, opts, rng, &mut timings.tokens, window_seconds);
+                let result =
+                    self.decode_with_fallback(features, *padding, prompt, draft, &lang, opts, rng, &mut timings.tokens, window_seconds);
                 timings.decoder_ms += t_dec.elapsed().as_secs_f64() * 1e3;
                 result
             };
@@ -612,8 +598,7 @@ impl<'m> Transcriber<'m> {
         let mut rng = Rng::new(0);
         let mut count = 0;
         // No token limit is set, so the window's length does not matter.
-        let encoded = Encoded { features: features.clone(), padding: None, cross_grid: None };
-        let result = self.decode_with_fallback(&encoded, prompt, &[], "en", &opts, &mut rng, &mut count, 30.0)?;
+        let result = self.decode_with_fallback(features, None, prompt, &[], "en", &opts, &mut rng, &mut count, 30.0)?;
         let mut prefix = self.prompt_prefix(prompt);
         prefix.extend(self.sot_sequence("en", &opts)?);
         Ok((prefix, result.tokens))
@@ -628,7 +613,7 @@ impl<'m> Transcriber<'m> {
     #[allow(clippy::too_many_arguments)]
     fn time_words(
         &self,
-        encoded: &Encoded,
+        (features, padding): &(Tensor, Option<Padding>),
         language: &str,
         opts: &TranscribeOptions,
         audio_frames: usize,
@@ -647,8 +632,7 @@ impl<'m> Transcriber<'m> {
         input.extend(&text);
         input.push(tok.eot);
         let dec = &self.model.decoder;
-        // The alignment heads' scores are read per window frame, so every frame is kept.
-        let mut state = self.decoder_state(&Encoded { cross_grid: None, ..encoded.clone() })?;
+        let mut state = self.decoder_state(features, *padding)?;
         let heads = self.model.config.word_alignment_heads();
         let (hidden, scores) =
             dec.forward_with_cross_scores(&Tensor::new(input.as_slice(), &self.model.device)?.unsqueeze(0)?, &mut state, &heads)?;
@@ -758,7 +742,8 @@ impl<'m> Transcriber<'m> {
     #[allow(clippy::too_many_arguments)]
     fn decode_with_fallback(
         &self,
-        encoded: &Encoded,
+        features: &Tensor,
+        padding: Option<Padding>,
         prompt: &[u32],
         draft: &[u32],
         language: &str,
@@ -780,7 +765,7 @@ impl<'m> Transcriber<'m> {
 
         // The prompt pass is the same for every temperature: run it once, reuse its cache. A
         // draft rides along in the same pass.
-        let mut state = self.decoder_state(encoded)?;
+        let mut state = self.decoder_state(features, padding)?;
         let mut stepper: Option<Stepper> = None;
         // The short prompt pass's logits come from the single-token decoder: approximate for
         // text tokens until refined (see `StepDecoder::refine`).
@@ -821,7 +806,7 @@ impl<'m> Transcriber<'m> {
                 (None, None) => stepper.insert(self.stepper(state.clone())?).clone(),
             };
             let first = Logits { values: first_logits.clone(), approximate: first_approximate };
-            let limits = self.sample_limits(opts, encoded.features.dim(1)?, audio_seconds);
+            let limits = self.sample_limits(opts, features.dim(1)?, audio_seconds);
             let result = if temperature <= 0.0 && opts.beam_size > 1 {
                 self.beam_search(start, first, initial.len(), opts, token_count, limits)?
             } else if temperature > 0.0 && opts.best_of > 1 {
@@ -857,30 +842,11 @@ impl<'m> Transcriber<'m> {
 
     /// A decoder state for an encoded window; padding from the silence table has its cross
     /// K/V blended from cached ones instead of projected again.
-    /// With a [`CrossGrid`], only the grid's frames get K/V (see [`CrossFrames`]).
-    fn decoder_state(&self, encoded: &Encoded) -> Result<DecoderState> {
+    fn decoder_state(&self, features: &Tensor, padding: Option<Padding>) -> Result<DecoderState> {
         let dec = &self.model.decoder;
-        let features = &encoded.features;
-        let Some(grid) = encoded.cross_grid else {
-            let Some(padding) = encoded.padding else { return dec.start(features) };
-            let blended = self.padding_cross_at(padding.level)?;
-            return Ok(dec.start_from(dec.cross_padded(features, padding.audio_frames, &blended)?));
-        };
-        let frames = features.dim(1)?;
-        let audio_frames = encoded.padding.map_or(frames, |p| p.audio_frames);
-        let positions = grid.positions(frames, audio_frames);
-        let (audio, padding) = positions.split_at(positions.partition_point(|&p| (p as usize) < audio_frames));
-        let index = |p: &[u32]| Tensor::new(p, features.device());
-        let audio = dec.cross(&features.index_select(&index(audio)?, 1)?)?;
-        match encoded.padding {
-            Some(p) if !padding.is_empty() => Ok(dec.start_from(audio.concat(&self.padding_cross_at(p.level)?.frames(&index(padding)?)?)?)),
-            _ => Ok(dec.start_from(audio)),
-        }
-    }
-
-    /// The grid the decoder keeps for `opts` (None: every frame).
-    fn cross_grid(&self, opts: &TranscribeOptions) -> Option<CrossGrid> {
-        CrossGrid::of(opts.cross_frames, opts.encode.reduction, &self.model.coda.as_ref()?.config)
+        let Some(padding) = padding else { return dec.start(features) };
+        let blended = self.padding_cross_at(padding.level)?;
+        Ok(dec.start_from(dec.cross_padded(features, padding.audio_frames, &blended)?))
     }
 
     /// The prompt pass of a short prompt (a window's start-of-transcript tokens, no earlier

@@ -4,8 +4,8 @@
 mod common;
 use candle_core::{Device, Tensor, Var};
 use coda_asr::model::coda::{
-    budget_weights, grid_frames, grid_stretches, pool_stretches, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights, CrossFrames,
-    CrossGrid, Interpolation, Routing,
+    budget_weights, grid_frames, grid_stretches, pool_stretches, soft_top_k, top_k_in_time_order, CodaConfig, CodaWeights, Interpolation,
+    Routing,
 };
 use coda_asr::model::encoder::{attending_layer_flops, layer_flops};
 use coda_asr::model::{EncodeOptions, EncoderBlock};
@@ -351,33 +351,6 @@ fn a_closed_budget_gate_turns_the_adapter_off_at_its_r_only() {
 }
 
 #[test]
-fn the_decoder_keeps_the_last_adapted_layers_grid_of_the_encoded_block() {
-    let mut config = CodaConfig::new(vec![0, 1, 2, 3], "tiny.en", "test");
-    config.routing = Routing::PooledGrid;
-    config.reduction_scale.insert(0, 0.5);
-    // The last adapted layer (3) runs at the call's r; all frames where that is dense.
-    let grid = CrossGrid::of(CrossFrames::Heavy, 4.0, &config).unwrap();
-    assert_eq!(grid.reduction, 4.0);
-    assert!(CrossGrid::of(CrossFrames::All, 4.0, &config).is_none());
-    assert!(CrossGrid::of(CrossFrames::Heavy, 1.0, &config).is_none());
-    config.reduction_scale.insert(3, 0.5);
-    assert_eq!(CrossGrid::of(CrossFrames::HeavyGrid, 4.0, &config).unwrap().reduction, 2.0);
-    assert!(CrossGrid::of(CrossFrames::HeavyGrid, 2.0, &config).is_none());
-    config.routing = Routing::TopK;
-    assert!(CrossGrid::of(CrossFrames::Heavy, 4.0, &config).is_none(), "top-k routing has no fixed grid");
-
-    // A 10-frame block in a 20-frame window at r = 4: the block's grid, then every padding
-    // frame (heavy) or the window's grid beyond the block (heavy-grid).
-    let heavy = CrossGrid { reduction: 4.0, padding_too: false };
-    assert_eq!(heavy.positions(20, 10), [vec![2, 6, 9], (10..20).collect::<Vec<u32>>()].concat());
-    let heavy_grid = CrossGrid { reduction: 4.0, padding_too: true };
-    assert_eq!(heavy_grid.positions(20, 10), vec![2, 6, 9, 10, 14, 18]);
-    // Without padding both are the grid of the window.
-    assert_eq!(heavy.positions(20, 20), grid_frames(20, 4.0));
-    assert_eq!(heavy_grid.positions(20, 20), grid_frames(20, 4.0));
-}
-
-#[test]
 fn a_layer_with_a_reduction_scale_routes_at_its_own_r() {
     let model = common::tiny_en();
     let mut config = CodaConfig::new(vec![0, 1, 2, 3], "tiny.en", "test");
@@ -517,7 +490,6 @@ fn a_short_training_run_lowers_the_loss() {
         synthetic_manifest: None,
         synthetic_share: 0.0,
         prompt_share: 0.0,
-        cross_frames: coda_asr::model::coda::CrossFrames::All,
         min_seconds: 2.0,
         max_seconds: 4.0,
     };
@@ -544,7 +516,7 @@ fn held_out_losses_vanish_at_r1_and_show_what_the_shipped_adapters_learned_at_r4
     // The same layers, routing and reduction scales with fresh adapters: zero updates, so this
     // is the pooled grid without training.
     let untrained = CodaWeights::fresh(shipped.config.clone(), model.config.d_model, &Device::Cpu).unwrap();
-    let losses = |weights| coda_asr::train::held_out_losses(model, weights, &manifest, &[1.0, 4.0], CrossFrames::All).unwrap();
+    let losses = |weights| coda_asr::train::held_out_losses(model, weights, &manifest, &[1.0, 4.0]).unwrap();
     let (shipped, untrained) = (losses(&shipped), losses(&untrained));
     for rows in [&shipped, &untrained] {
         assert_eq!(rows[0].clips, 3);

@@ -225,55 +225,6 @@ pub fn default_layers(routing: Routing, encoder_layers: usize) -> Vec<usize> {
     }
 }
 
-/// Which encoder frames the decoder cross-attends to when CoDA runs at r > 1 (issue 5's
-/// option 2: the decoder reads only the frames the heavy branch updated).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CrossFrames {
-    /// Every frame of the window, as the dense model.
-    #[default]
-    All,
-    /// The audio frames on the last adapted layer's grid (the ones its heavy branch updated
-    /// with their own update, not an interpolated one), and every padding frame.
-    Heavy,
-    /// The last adapted layer's grid over the whole window, padding frames included.
-    HeavyGrid,
-}
-
-/// The frames the decoder keeps under [`CrossFrames`]: the last adapted layer's grid, at its
-/// reduction factor.
-#[derive(Debug, Clone, Copy)]
-pub struct CrossGrid {
-    pub reduction: f64,
-    /// The padding frames (those after the encoded block) on the grid too, or all of them.
-    pub padding_too: bool,
-}
-
-impl CrossGrid {
-    /// The grid for `frames` at reduction `r` with `config`'s adapters; None where the decoder
-    /// reads every frame (`CrossFrames::All`, r ≤ 1, top-k routing).
-    pub fn of(frames: CrossFrames, r: f64, config: &CodaConfig) -> Option<Self> {
-        if frames == CrossFrames::All || !config.routing.is_grid() {
-            return None;
-        }
-        let last = *config.layers.iter().max()?;
-        let reduction = (r * config.reduction_scale_of(last)).max(1.0);
-        (reduction > 1.0).then_some(Self { reduction, padding_too: frames == CrossFrames::HeavyGrid })
-    }
-
-    /// The window positions the decoder reads, in time order, of `frames` whose first
-    /// `block_frames` were encoded (the rest is padding from the silence cache).
-    pub fn positions(&self, frames: usize, block_frames: usize) -> Vec<u32> {
-        let block = block_frames.min(frames);
-        let mut kept = grid_frames(block, self.reduction);
-        if self.padding_too {
-            kept.extend(grid_frames(frames, self.reduction).into_iter().filter(|&p| p as usize >= block));
-        } else {
-            kept.extend(block as u32..frames as u32);
-        }
-        kept
-    }
-}
-
 /// The heavy frames of n for reduction factor r: k = ceil(n / r) of them (as
 /// [`EncodeOptions::heavy_frames`]), one in the middle of every stretch of r frames from the
 /// first, in time order. Frame i's place on the grid depends on i and r only, not on n: a

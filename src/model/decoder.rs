@@ -47,23 +47,6 @@ impl CrossKeyValues {
             (0..first.0.len()).map(|i| Ok(KeyValues { k: layer(i, |kv| &kv.k)?, v: layer(i, |kv| &kv.v)? })).collect::<Result<_>>()?;
         Ok(Self(layers))
     }
-
-    /// The K/V of the frames at `positions` (u32 indices), in that order.
-    pub fn frames(&self, positions: &Tensor) -> Result<Self> {
-        let pick = |t: &Tensor| t.index_select(positions, 2);
-        Ok(Self(self.0.iter().map(|kv| Ok(KeyValues { k: pick(&kv.k)?, v: pick(&kv.v)? })).collect::<Result<_>>()?))
-    }
-
-    /// These frames followed by `other`'s.
-    pub fn concat(&self, other: &Self) -> Result<Self> {
-        let layers = self
-            .0
-            .iter()
-            .zip(&other.0)
-            .map(|(a, b)| Ok(KeyValues { k: Tensor::cat(&[&a.k, &b.k], 2)?, v: Tensor::cat(&[&a.v, &b.v], 2)? }))
-            .collect::<Result<_>>()?;
-        Ok(Self(layers))
-    }
 }
 
 /// Decoding state for one window: the cross-attention K/V of its audio and the growing
