@@ -451,10 +451,6 @@ struct TrainArgs {
     /// Weight of the encoder-output MSE term.
     #[arg(long, default_value_t = 1.0)]
     mse_weight: f64,
-    /// Where the encoder MSE is measured: `encoder` (every output channel alike) or `cross-kv`
-    /// (the decoder's cross-attention keys and values of the outputs, what the decoder reads).
-    #[arg(long, value_enum, default_value_t = MseSpaceArg::Encoder)]
-    mse_space: MseSpaceArg,
     /// MSE weight of padding frames relative to audio frames.
     #[arg(long, default_value_t = coda_asr::train::TrainOptions::DEFAULT_PAD_WEIGHT)]
     pad_weight: f64,
@@ -571,12 +567,6 @@ struct DistillEvalArgs {
 enum LrScheduleArg {
     Constant,
     Cosine,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum MseSpaceArg {
-    Encoder,
-    CrossKv,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -1241,10 +1231,6 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         warmup_steps: args.warmup_steps,
         kl_weight: args.kl_weight,
         mse_weight: args.mse_weight,
-        mse_space: match args.mse_space {
-            MseSpaceArg::Encoder => coda_asr::train::MseSpace::Encoder,
-            MseSpaceArg::CrossKv => coda_asr::train::MseSpace::CrossKv,
-        },
         pad_weight: args.pad_weight,
         checkpoint_minutes: args.checkpoint_minutes,
         resume: args.resume,

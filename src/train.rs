@@ -41,8 +41,6 @@ pub struct TrainOptions {
     pub warmup_steps: usize,
     pub kl_weight: f64,
     pub mse_weight: f64,
-    /// Where the encoder-output MSE is measured (plain channels until session 37).
-    pub mse_space: MseSpace,
     pub pad_weight: f64,
     pub checkpoint_minutes: f64,
     pub resume: bool,
@@ -75,18 +73,6 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// `--pad-weight`'s default; held-out losses use it too.
     pub const DEFAULT_PAD_WEIGHT: f64 = 0.1;
-}
-
-/// The space in which the encoder-output MSE compares student and teacher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MseSpace {
-    /// Every channel of the encoder output alike.
-    Encoder,
-    /// Weighted by what the decoder reads: the squared error of the cross-attention keys and
-    /// values of every decoder layer, each projection scaled so that an error of the same size
-    /// in every direction costs what it costs in `Encoder` (see [`cross_kv_metric`]).
-    CrossKv,
 }
 
 /// The learning rate over a run, as a factor of `--lr`.
@@ -221,8 +207,6 @@ struct Distiller<'m> {
     mel: MelFrontend,
     teacher_layers: Vec<Arc<dyn EncoderBlock>>,
     pad_weight: f64,
-    /// A factor L of the MSE's metric M = L Lᵀ ([d, d]); None for plain channels.
-    mse_factor: Option<Tensor>,
 }
 
 /// The losses of one example (scalar tensors, differentiable in the student's variables).
@@ -238,19 +222,14 @@ struct Distilled {
 }
 
 impl<'m> Distiller<'m> {
-    fn new(model: &'m WhisperModel, pad_weight: f64, mse_space: MseSpace) -> Result<Self> {
-        let mse_factor = match mse_space {
-            MseSpace::Encoder => None,
-            MseSpace::CrossKv => Some(cross_kv_factor(model)?),
-        };
-        Ok(Distiller {
+    fn new(model: &'m WhisperModel, pad_weight: f64) -> Self {
+        Distiller {
             model,
             transcriber: Transcriber::new(model),
             mel: MelFrontend::new(model.config.num_mel_bins),
             teacher_layers: dense_stack(model),
             pad_weight,
-            mse_factor,
-        })
+        }
     }
 
     /// The teacher's side of an example: `audio` (16 kHz, at most one 30 s window is used)
@@ -310,69 +289,10 @@ impl<'m> Distiller<'m> {
         let frame_weights: Vec<f32> = (0..block_frames).map(|i| if i < audio_frames { 1.0 } else { self.pad_weight as f32 }).collect();
         let fw = Tensor::from_vec(frame_weights, (1, block_frames, 1), &model.device)?;
         let diff = (encoded.narrow(1, 0, block_frames)? - teaching.encoded.narrow(1, 0, block_frames)?)?;
-        // ‖Δ L‖² = Δ M Δᵀ: the error in the metric's space.
-        let diff = match &self.mse_factor {
-            Some(factor) => diff.broadcast_matmul(factor)?,
-            None => diff,
-        };
         let sq = diff.sqr()?.broadcast_mul(&fw)?;
         let mse = (sq.sum_all()? / (fw.sum_all()?.to_scalar::<f32>()? as f64 * model.config.d_model as f64))?;
         Ok(Distilled { kl, mse, predicted_tokens: teaching.forced.count, agreeing_tokens })
     }
-}
-
-/// The factor L (lower triangular, [d, d]) of the cross-K/V metric of `model`'s decoder.
-fn cross_kv_factor(model: &WhisperModel) -> Result<Tensor> {
-    let d = model.config.d_model;
-    let weights = model
-        .decoder
-        .cross_kv_weights()
-        .iter()
-        .map(|w| Ok(w.to_dtype(DType::F64)?.contiguous()?.flatten_all()?.to_vec1::<f64>()?))
-        .collect::<Result<Vec<_>>>()?;
-    let factor = cholesky(&cross_kv_metric(&weights, d), d)?;
-    Ok(Tensor::from_vec(factor.iter().map(|&x| x as f32).collect::<Vec<_>>(), (d, d), &model.device)?)
-}
-
-/// M = (1 / 2L) Σ over the L decoder layers and their key and value projections W ([d, d] each,
-/// [out, in] row-major, keys then values in `kv_weights[l]`) of (d / ‖W‖²) WᵀW, so that
-/// Δ M Δᵀ is the squared error the decoder's cross-attention inputs see. Each term has trace d,
-/// so M does too: an error spread evenly over every direction costs the same as the plain MSE.
-fn cross_kv_metric(kv_weights: &[Vec<f64>], d: usize) -> Vec<f64> {
-    let mut metric = vec![0.0; d * d];
-    let terms = 2 * kv_weights.len();
-    for w in kv_weights {
-        for projection in w.chunks(d * d) {
-            let norm: f64 = projection.iter().map(|x| x * x).sum();
-            let scale = d as f64 / norm / terms as f64;
-            for row in projection.chunks(d) {
-                for (i, &a) in row.iter().enumerate() {
-                    for (m, &b) in metric[i * d..(i + 1) * d].iter_mut().zip(row) {
-                        *m += scale * a * b;
-                    }
-                }
-            }
-        }
-    }
-    metric
-}
-
-/// The Cholesky factor L of a symmetric positive definite `m` ([d, d] row-major): m = L Lᵀ.
-fn cholesky(m: &[f64], d: usize) -> Result<Vec<f64>> {
-    let mut l = vec![0.0; d * d];
-    for i in 0..d {
-        for j in 0..=i {
-            let dot: f64 = (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum();
-            if i == j {
-                let pivot = m[i * d + i] - dot;
-                ensure!(pivot > 0.0, "the MSE metric is not positive definite (pivot {pivot} at {i})");
-                l[i * d + i] = pivot.sqrt();
-            } else {
-                l[i * d + j] = (m[i * d + j] - dot) / l[j * d + j];
-            }
-        }
-    }
-    Ok(l)
 }
 
 /// What the teacher gives an example: its window, encoding, transcript and distributions.
@@ -430,7 +350,7 @@ pub fn held_out_losses(
     let clips = load_clips(manifest)?;
     ensure!(!clips.is_empty(), "{}: no clips", manifest.display());
     let student = coda_stack(model, weights, false)?;
-    let distiller = Distiller::new(model, TrainOptions::DEFAULT_PAD_WEIGHT, MseSpace::Encoder)?;
+    let distiller = Distiller::new(model, TrainOptions::DEFAULT_PAD_WEIGHT);
     // Sums per r of KL × tokens, MSE, tokens and agreeing tokens; each clip is taught once.
     let mut sums = vec![(0.0, 0.0, 0, 0); reductions.len()];
     for clip in &clips {
@@ -549,7 +469,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         "manifest": opts.manifest.display().to_string(),
         "seed": opts.seed, "lr": opts.lr,
         "lr_schedule": format!("{:?}", opts.lr_schedule).to_lowercase(), "warmup_steps": opts.warmup_steps,
-        "kl_weight": opts.kl_weight, "mse_weight": opts.mse_weight, "mse_space": opts.mse_space,
+        "kl_weight": opts.kl_weight, "mse_weight": opts.mse_weight,
         "pad_weight": opts.pad_weight, "max_minutes": opts.max_minutes,
         "max_steps": (opts.max_steps != usize::MAX).then_some(opts.max_steps),
         "clip_seconds": [opts.min_seconds, opts.max_seconds],
@@ -578,7 +498,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     let mut optimizer = adam(adapter_vars, opts.lr)?;
     let mut gate_optimizer = adam(gate_vars, opts.lr * GATE_LR_FACTOR)?;
     model.encoder.uninstall();
-    let distiller = Distiller::new(model, opts.pad_weight, opts.mse_space)?;
+    let distiller = Distiller::new(model, opts.pad_weight);
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("{}: cannot create", opts.out_dir.display()))?;
     let log_path = opts.out_dir.join("train_log.csv");
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
@@ -657,42 +577,6 @@ mod tests {
         assert!((LrSchedule::Constant.factor(9, 10, 0.0) - 1.0).abs() < 1e-12);
         assert!((LrSchedule::Cosine.factor(4, 10, 0.5) - 0.25).abs() < 1e-12);
         assert_eq!(LrSchedule::Constant.factor(500, 10, 0.9), 1.0);
-    }
-
-    #[test]
-    fn the_cross_kv_metric_measures_what_the_projections_see_and_factors_exactly() {
-        let (d, layers) = (6, 2);
-        let mut rng = Rng::new(3);
-        let weights: Vec<Vec<f64>> = (0..layers).map(|_| (0..2 * d * d).map(|_| rng.range(-1.0, 1.0)).collect()).collect();
-        let metric = cross_kv_metric(&weights, d);
-        // Trace d: an error spread evenly over every direction costs what the plain MSE does.
-        assert!(((0..d).map(|i| metric[i * d + i]).sum::<f64>() - d as f64).abs() < 1e-9);
-        // Δ M Δᵀ is the scaled squared error of every projection of Δ.
-        let delta: Vec<f64> = (0..d).map(|_| rng.range(-1.0, 1.0)).collect();
-        let quadratic: f64 = (0..d).map(|i| (0..d).map(|j| delta[i] * metric[i * d + j] * delta[j]).sum::<f64>()).sum();
-        let projected: f64 = weights
-            .iter()
-            .flat_map(|w| w.chunks(d * d))
-            .map(|p| {
-                let norm: f64 = p.iter().map(|x| x * x).sum();
-                let seen: f64 = p.chunks(d).map(|row| row.iter().zip(&delta).map(|(a, b)| a * b).sum::<f64>().powi(2)).sum();
-                seen * d as f64 / norm / (2 * layers) as f64
-            })
-            .sum();
-        assert!((quadratic - projected).abs() < 1e-9 * projected.abs().max(1.0));
-        // L Lᵀ = M, L lower triangular.
-        let l = cholesky(&metric, d).unwrap();
-        for i in 0..d {
-            for j in 0..d {
-                let llt: f64 = (0..d).map(|k| l[i * d + k] * l[j * d + k]).sum();
-                assert!((llt - metric[i * d + j]).abs() < 1e-9, "({i}, {j})");
-                if j > i {
-                    assert_eq!(l[i * d + j], 0.0);
-                }
-            }
-        }
-        // A matrix that is not positive definite is refused, not factored into NaNs.
-        assert!(cholesky(&[1.0, 2.0, 2.0, 1.0], 2).is_err());
     }
 
     #[test]

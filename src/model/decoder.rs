@@ -111,12 +111,6 @@ impl Decoder {
         DecoderState { cross: cross.0, cache: vec![None; self.layers.len()], position: 0 }
     }
 
-    /// Each layer's fused cross-attention key and value weights, [2d, d] (keys first): the
-    /// directions of the encoder output the decoder reads.
-    pub fn cross_kv_weights(&self) -> Vec<Tensor> {
-        self.layers.iter().map(|l| l.cross_kv.weight().clone()).collect()
-    }
-
     /// Cross-attention keys and values of encoded audio [batch, frames, d].
     pub fn cross(&self, audio: &Tensor) -> Result<CrossKeyValues> {
         let d = self.d;
