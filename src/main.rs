@@ -324,6 +324,11 @@ struct StreamArgs {
     /// read as words.
     #[arg(long)]
     transcribe_unvoiced: bool,
+    /// Time every word by the decoder's cross-attention, as `transcribe --word-timestamps`
+    /// does: final events carry `words` with their start and end (jsonl), and the recogniser
+    /// decides on those times. About a quarter more compute per pass.
+    #[arg(long)]
+    word_timestamps: bool,
 }
 
 impl StreamArgs {
@@ -348,6 +353,7 @@ impl StreamArgs {
             reductions,
             speed,
             min_voiced_frames: if self.transcribe_unvoiced { 0 } else { MIN_VOICED_FRAMES },
+            word_timestamps: self.word_timestamps,
             ..Default::default()
         }
     }

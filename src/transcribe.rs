@@ -104,6 +104,10 @@ pub struct TranscribeOptions {
     /// Time each word of every segment (see [`crate::words`]): one more teacher-forced decoder
     /// pass per window.
     pub word_timestamps: bool,
+    /// With `word_timestamps`, also each word's mean token probability. It takes the
+    /// vocabulary projection at every text token, which costs more than the alignment itself;
+    /// streaming needs only the times.
+    pub word_probabilities: bool,
     /// Beams searched at temperature 0 (1: greedy). Higher temperatures of the fallback
     /// sample one sequence, as before.
     pub beam_size: usize,
@@ -144,6 +148,7 @@ impl Default for TranscribeOptions {
             skip_unvoiced_windows: true,
             unprompted_retry: true,
             word_timestamps: false,
+            word_probabilities: true,
             beam_size: 1,
             best_of: 1,
             draft: Vec::new(),
@@ -640,10 +645,15 @@ impl<'m> Transcriber<'m> {
         let scores = scores.iter().map(|s| Ok(s.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)).collect::<Result<Vec<_>>>()?;
         let first_row = sot.len() - 1;
         let starts = words::row_start_times(&scores, rows, frames, audio_frames.min(frames), first_row, text.len() + 1)?;
-        // Probability of each text token, from the query that predicts it.
-        let logits = dec.logits(&hidden.i((0, first_row..first_row + text.len()))?)?.to_dtype(DType::F32)?;
-        let picked = Tensor::new(text.as_slice(), logits.device())?.unsqueeze(1)?;
-        let probs: Vec<f32> = candle_nn::ops::softmax_last_dim(&logits)?.gather(&picked, 1)?.flatten_all()?.to_vec1()?;
+        // Probability of each text token, from the query that predicts it (NaN, written as
+        // null, when not asked for).
+        let probs: Vec<f32> = if opts.word_probabilities {
+            let logits = dec.logits(&hidden.i((0, first_row..first_row + text.len()))?)?.to_dtype(DType::F32)?;
+            let picked = Tensor::new(text.as_slice(), logits.device())?.unsqueeze(1)?;
+            candle_nn::ops::softmax_last_dim(&logits)?.gather(&picked, 1)?.flatten_all()?.to_vec1()?
+        } else {
+            vec![f32::NAN; text.len()]
+        };
         let split = words::split_words(tok, &text, language)?;
         let mut timed: Vec<Word> = split
             .iter()

@@ -52,7 +52,14 @@ fn a_full_queue_counts_drops_instead_of_blocking() {
 #[test]
 fn monitor_layout_fits_80_by_24() {
     let mut app = App::new("tiny.en");
-    app.apply(Event::Final { text: "Printing, in the only sense".into(), start: 0.0, end: 2.0, emitted_at: 3.0, latency_s: 1.0 });
+    app.apply(Event::Final {
+        text: "Printing, in the only sense".into(),
+        start: 0.0,
+        end: 2.0,
+        emitted_at: 3.0,
+        latency_s: 1.0,
+        words: Vec::new(),
+    });
     app.apply(Event::Partial { text: "with which we are".into(), start: 2.0, end: 3.0, emitted_at: 3.0 });
     app.apply(Event::Stats(StreamStats {
         audio_s: 3.5,
@@ -140,40 +147,51 @@ fn an_existing_recording_is_never_overwritten() {
     assert_eq!(std::fs::read(&recording).unwrap(), b"yesterday's meeting");
 }
 
-#[test]
-fn a_short_utterance_followed_by_more_speech_is_decided_with_it() {
-    // "Printing," alone (0.7 s), two seconds of silence, then the rest of the sentence. The
-    // voice gate closes in the pause; the first word must not be made final on its own audio
-    // but wait for what follows (Whisper misreads short isolated speech).
+/// "Printing," alone (the first 0.72 s of the quick-start clip), `PAUSE_S` of silence, then the
+/// rest of the sentence, written to `dir`. Returns the file and where the rest starts, seconds.
+fn printing_then_a_pause(dir: &std::path::Path) -> (std::path::PathBuf, f64) {
+    const PAUSE_S: f64 = 2.0;
     let wav = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
     let audio = coda_asr::audio::load_mono_16k(&wav).unwrap();
     let split = (0.72 * 16_000.0) as usize;
-    let pause = 2.0;
     let mut spliced = audio[..split].to_vec();
-    spliced.extend(std::iter::repeat(0.0).take((pause * 16_000.0) as usize));
+    spliced.extend(std::iter::repeat(0.0).take((PAUSE_S * 16_000.0) as usize));
     spliced.extend_from_slice(&audio[split..]);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("spliced.wav");
+    let input = dir.join("spliced.wav");
     let spec = hound::WavSpec { channels: 1, sample_rate: 16_000, bits_per_sample: 32, sample_format: hound::SampleFormat::Float };
     let mut writer = hound::WavWriter::create(&input, spec).unwrap();
     for s in spliced {
         writer.write_sample(s).unwrap();
     }
     writer.finalize().unwrap();
+    (input, split as f64 / 16_000.0 + PAUSE_S)
+}
 
+/// The final events of a dense `live --format jsonl` replay of `input` at double speed.
+fn jsonl_finals(input: &std::path::Path, extra_args: &[&str]) -> Vec<serde_json::Value> {
     let out = Command::new(common::binary())
-        .args(["live", "--dense", "--no-tui", "--format", "jsonl", "--speed", "2", "--input"])
-        .arg(&input)
+        .args(["live", "--dense", "--no-tui", "--format", "jsonl", "--speed", "2"])
+        .args(extra_args)
+        .arg("--input")
+        .arg(input)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let finals: Vec<(f64, String)> = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| e["type"] == "final")
-        .map(|e| (e["emitted_at"].as_f64().unwrap(), e["text"].as_str().unwrap().to_string()))
-        .collect();
-    let rest_starts = split as f64 / 16_000.0 + pause;
+        .collect()
+}
+
+#[test]
+fn a_short_utterance_followed_by_more_speech_is_decided_with_it() {
+    // The voice gate closes in the pause after "Printing,"; the first word must not be made
+    // final on its own audio but wait for what follows (Whisper misreads short isolated speech).
+    let dir = tempfile::tempdir().unwrap();
+    let (input, rest_starts) = printing_then_a_pause(dir.path());
+    let finals: Vec<(f64, String)> =
+        jsonl_finals(&input, &[]).iter().map(|e| (e["emitted_at"].as_f64().unwrap(), e["text"].as_str().unwrap().to_string())).collect();
     assert!(!finals.is_empty());
     assert!(
         finals[0].0 > rest_starts,
@@ -184,6 +202,35 @@ fn a_short_utterance_followed_by_more_speech_is_decided_with_it() {
     let reference = "Printing, in the only sense with which we are at present concerned, differs from most if not from all the arts and crafts represented in the Exhibition";
     let counts = coda_asr::eval::score(reference, &text.join(" "));
     assert!(counts.wer() < 15.0, "WER {:.1}: {text:?}", counts.wer());
+}
+
+#[test]
+fn live_word_timestamps_place_each_final_word_in_its_own_audio() {
+    // Both words beside the pause are in one utterance, often in one segment; spread over the
+    // segment by letters, "in" would start inside the pause.
+    let dir = tempfile::tempdir().unwrap();
+    let (input, rest_starts) = printing_then_a_pause(dir.path());
+    let finals = jsonl_finals(&input, &["--word-timestamps"]);
+    assert!(!finals.is_empty());
+    let mut words = Vec::new();
+    for event in &finals {
+        let own: Vec<(String, f64, f64)> = event["words"]
+            .as_array()
+            .unwrap_or_else(|| panic!("a final without words: {event}"))
+            .iter()
+            .map(|w| (w["word"].as_str().unwrap().to_string(), w["start"].as_f64().unwrap(), w["end"].as_f64().unwrap()))
+            .collect();
+        let text: Vec<&str> = own.iter().map(|w| w.0.as_str()).collect();
+        assert_eq!(text.join(" "), event["text"].as_str().unwrap());
+        words.extend(own);
+    }
+    assert!(words.windows(2).all(|w| w[0].1 <= w[1].1), "starts out of order: {words:?}");
+    assert!(words.iter().all(|w| w.1 <= w.2), "a word ends before it starts: {words:?}");
+    let key = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
+    let printing = words.iter().position(|w| key(&w.0) == "printing").unwrap_or_else(|| panic!("no \"Printing\": {words:?}"));
+    let (first, next) = (&words[printing], &words[printing + 1]);
+    assert!(first.2 < rest_starts - 1.0, "\"Printing\" ends at {:.2} s, in the pause: {words:?}", first.2);
+    assert!(next.1 > rest_starts - 0.2, "{:?} starts at {:.2} s, before the speech at {rest_starts:.2} s", next.0, next.1);
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! before it). Finals never change and are never repeated; the rest is a partial.
 
 /// A word with absolute times (seconds from the start of the stream).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Word {
+    #[serde(rename = "word")]
     pub text: String,
     pub start: f64,
     pub end: f64,

@@ -94,7 +94,7 @@ fn tracing() -> bool {
 }
 
 /// Decoding options every streaming pass shares, at reduction factor `r`.
-fn pass_options(r: f64) -> TranscribeOptions {
+fn pass_options(r: f64, word_timestamps: bool) -> TranscribeOptions {
     TranscribeOptions {
         condition_on_previous_text: false,
         encode: EncodeOptions { reduction: r },
@@ -110,7 +110,25 @@ fn pass_options(r: f64) -> TranscribeOptions {
         skip_unvoiced_windows: false,
         // It retries the pass as a whole (see `streaming_pass`).
         unprompted_retry: false,
+        word_timestamps,
+        // The policy uses the times only; the probabilities would cost more than the times.
+        word_probabilities: false,
         ..Default::default()
+    }
+}
+
+/// A segment's words in buffer time: aligned by the decoder's cross-attention when the pass
+/// timed them, else spread over the segment by their letters.
+fn segment_words(segment: &crate::transcribe::Segment) -> Vec<Word> {
+    if segment.words.is_empty() {
+        segments_to_words(&[(segment.start, segment.end, segment.text.clone())])
+    } else {
+        segment
+            .words
+            .iter()
+            .filter(|w| !w.word.trim().is_empty())
+            .map(|w| Word { text: w.word.trim().to_string(), start: w.start, end: w.end })
+            .collect()
     }
 }
 
@@ -200,6 +218,9 @@ pub struct StreamOptions {
     /// Voiced frames an utterance needs before its words can be final (0 for whispered speech,
     /// which has none; see [`MIN_VOICED_FRAMES`]).
     pub min_voiced_frames: u64,
+    /// Time each word by the decoder's cross-attention (as batch `--word-timestamps`), not by
+    /// spreading its segment over its letters: final events then carry them (`words`).
+    pub word_timestamps: bool,
 }
 
 impl Default for StreamOptions {
@@ -218,6 +239,7 @@ impl Default for StreamOptions {
             context_s: 8.0,
             speed: 1.0,
             min_voiced_frames: MIN_VOICED_FRAMES,
+            word_timestamps: false,
         }
     }
 }
@@ -250,10 +272,26 @@ pub struct StreamStats {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Event {
-    Partial { text: String, start: f64, end: f64, emitted_at: f64 },
-    Final { text: String, start: f64, end: f64, emitted_at: f64, latency_s: f64 },
+    Partial {
+        text: String,
+        start: f64,
+        end: f64,
+        emitted_at: f64,
+    },
+    /// `words`: with word timestamps, each final word with its start and end in stream time.
+    Final {
+        text: String,
+        start: f64,
+        end: f64,
+        emitted_at: f64,
+        latency_s: f64,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        words: Vec<Word>,
+    },
     Stats(StreamStats),
-    Error { message: String },
+    Error {
+        message: String,
+    },
     Ended,
 }
 
@@ -297,6 +335,8 @@ struct State<'a> {
     /// The last hypothesis' tokens and the buffer start they were decoded at: the next step's
     /// draft while the buffer only grows (its timestamps are relative to the buffer start).
     draft: Option<(Vec<u32>, f64)>,
+    /// Where the last final word ended, in stream time (with word timestamps).
+    last_final_word_end: f64,
     /// What "now" is when an event is stamped.
     clock: Clock,
     stats: StreamStats,
@@ -333,7 +373,23 @@ impl State<'_> {
         let (start, end) = (words[0].start, words[words.len() - 1].end);
         let latency = (emitted_at - end).max(0.0);
         self.stats.last_latency_s = latency;
-        self.send(Event::Final { text, start, end, emitted_at, latency_s: latency });
+        // Times on a millisecond grid, without the float noise of their sums. Words made final
+        // by different passes were timed by different alignments, which can overlap by a frame
+        // or two: a word never starts before the last final word ended.
+        let ms = |t: f64| (t * 1000.0).round() / 1000.0;
+        let words = if self.opts.word_timestamps {
+            let mut timed = Vec::with_capacity(words.len());
+            for w in words {
+                let start = ms(w.start.max(self.last_final_word_end));
+                let end = ms(w.end.max(start));
+                self.last_final_word_end = end;
+                timed.push(Word { start, end, ..w });
+            }
+            timed
+        } else {
+            Vec::new()
+        };
+        self.send(Event::Final { text, start, end, emitted_at, latency_s: latency, words });
     }
 
     fn emit_partial(&self) {
@@ -369,7 +425,7 @@ impl State<'_> {
                 Some((tokens, start)) if *start == self.buffer.start() => tokens.clone(),
                 _ => Vec::new(),
             },
-            ..pass_options(r)
+            ..pass_options(r, self.opts.word_timestamps)
         };
         let t0 = Instant::now();
         let (tr, encoder_ms) = streaming_pass(self.t, self.buffer.samples(), &topts)?;
@@ -424,8 +480,9 @@ impl State<'_> {
         if self.policy.passes_without_words() == 0 {
             self.progress_at = self.buffer.end();
         }
-        self.last_segment = segs.last().map(|(start, end, text)| (*start, *end, text.split_whitespace().count()));
-        let segment_words: Vec<(f64, usize)> = segs.iter().map(|(_, end, text)| (*end, text.split_whitespace().count())).collect();
+        self.last_segment = segs.last().zip(tr.segments.last()).map(|((start, end, _), s)| (*start, *end, segment_words(s).len()));
+        let segment_words: Vec<(f64, usize)> =
+            segs.iter().zip(&tr.segments).map(|((_, end, _), s)| (*end, segment_words(s).len())).collect();
         self.cut = segment_cut(&segment_words, hypothesis_words - self.policy.partial().len());
         if let Some((at, still_in_buffer)) = self.cut {
             self.boundary = Some((at, self.policy.committed().len() - still_in_buffer));
@@ -644,7 +701,7 @@ impl State<'_> {
             return Ok(Vec::new());
         }
         let offset = (self.buffer.len() - tail) as f64 / RATE;
-        let topts = pass_options(self.controller.reduction());
+        let topts = pass_options(self.controller.reduction(), self.opts.word_timestamps);
         let t0 = Instant::now();
         let tr = self.t.transcribe(&self.buffer.samples()[self.buffer.len() - tail..], &topts, &mut |_| {})?;
         let compute = t0.elapsed().as_secs_f64();
@@ -663,7 +720,7 @@ impl State<'_> {
     }
 
     /// The words of a transcript of the buffer's audio from `offset` seconds on, in stream time.
-    /// Word times are spread over their segment in buffer time, then mapped to stream time: a
+    /// Word times ([`segment_words`]) are in buffer time, then mapped to stream time: a
     /// segment can span the left-out gap after the context, which has no audio.
     /// Once the gate has closed, no word ends after the speech did.
     fn stream_words(&self, tr: &Transcript, offset: f64) -> Vec<Word> {
@@ -673,10 +730,7 @@ impl State<'_> {
             end: self.buffer.to_stream(offset + w.end).min(latest),
             ..w
         };
-        segments_to_words(&tr.segments.iter().map(|s| (s.start, s.end, s.text.clone())).collect::<Vec<_>>())
-            .into_iter()
-            .map(to_stream)
-            .collect()
+        tr.segments.iter().flat_map(segment_words).map(to_stream).collect()
     }
 
     /// The voice gate closed: finish the utterance, or hold a short one open for more speech.
@@ -800,6 +854,7 @@ impl<'a> State<'a> {
             context: None,
             last_segment: None,
             draft: None,
+            last_final_word_end: 0.0,
             clock,
             stats: StreamStats::default(),
             events,
