@@ -8,6 +8,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+mod mp4_edits;
+
 pub const TARGET_RATE: usize = crate::mel::SAMPLE_RATE;
 
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +236,9 @@ fn decode_other(path: &Path) -> Result<DecodedAudio, AudioError> {
         hint.with_extension(ext);
     }
     let probed = symphonia::default::get_probe()
-        .format(&hint, stream, &FormatOptions::default(), &MetadataOptions::default())
+        // Gapless: MP3's encoder delay and padding (from its LAME tag) are left out, so its
+        // audio starts at 0 as the source did (ffmpeg's MP3 started 25 ms late at 44.1 kHz).
+        .format(&hint, stream, &FormatOptions { enable_gapless: true, ..Default::default() }, &MetadataOptions::default())
         .map_err(|e| AudioError::NotAudio { path: p.clone(), reason: format!("unrecognised format: {e}") })?;
     let mut format = probed.format;
     let track = format
@@ -283,7 +287,20 @@ fn decode_other(path: &Path) -> Result<DecodedAudio, AudioError> {
         }
         return Err(AudioError::Corrupt { path: p, reason: "unknown channel count or sample rate".into() });
     }
+    // MP4's edit list, which symphonia reads but does not apply (see `mp4_edits`).
+    if is_iso_media(path) {
+        let range = File::open(path).ok().and_then(|mut file| mp4_edits::played_range(&mut file, track_id as usize, sample_rate as u32));
+        if let Some(range) = range {
+            samples = range.apply(samples, channels);
+        }
+    }
     Ok(DecodedAudio { samples, channels, sample_rate })
+}
+
+/// Whether `path` is an ISO base media file (MP4, M4A, MOV…): a `ftyp` box first.
+fn is_iso_media(path: &Path) -> bool {
+    let mut head = [0u8; 8];
+    File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head[4..8] == b"ftyp"
 }
 
 /// Average the channels of interleaved audio into one.

@@ -172,3 +172,46 @@ fn best_correlation(a: &[f32], b: &[f32]) -> f64 {
         })
         .fold(f64::MIN, f64::max)
 }
+
+/// The shift, in samples, at which one second of `decoded` (from 2 s in) best matches
+/// `original`, within ±0.1 s: positive when the decoded audio starts late.
+fn lag(decoded: &[f32], original: &[f32]) -> i64 {
+    let (start, len, max_lag) = (32_000i64, 16_000usize, 1_600i64);
+    let x = &original[start as usize..start as usize + len];
+    (-max_lag..=max_lag)
+        .filter(|&shift| start + shift >= 0 && (start + shift) as usize + len <= decoded.len())
+        .max_by(|&a, &b| {
+            let dot = |shift: i64| {
+                let y = &decoded[(start + shift) as usize..(start + shift) as usize + len];
+                x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum::<f64>()
+            };
+            dot(a).total_cmp(&dot(b))
+        })
+        .unwrap()
+}
+
+#[test]
+fn aac_and_mp3_start_where_their_source_did() {
+    // AAC encoders prime the decoder with silence (ffmpeg 1024 samples) and MP3 encoders delay
+    // the audio too (LAME 576 + the decoder's 529); the file says how much, in MP4's edit list
+    // and MP3's LAME tag. Left in, they made every time stamp 23–25 ms late at 44.1 kHz.
+    let dir = tempfile::tempdir().unwrap();
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/LJ001-0001.wav");
+    let original = load_mono_16k(&clip).unwrap();
+    for (name, codec) in [("memo.m4a", "aac"), ("memo.mp3", "libmp3lame")] {
+        let file = dir.path().join(name);
+        let made = std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-i"])
+            .arg(&clip)
+            .args(["-ar", "44100", "-ac", "2", "-c:a", codec])
+            .arg(&file)
+            .status();
+        assert!(made.map(|s| s.success()).unwrap_or(false), "ffmpeg is needed for this test (apt-get install ffmpeg)");
+        let decoded = load_mono_16k(&file).unwrap();
+        let shift = lag(&decoded, &original);
+        assert!(shift.abs() <= 2, "{name}: starts {shift} samples late");
+        // The padding after the audio is left out too.
+        let extra = decoded.len() as i64 - original.len() as i64;
+        assert!(extra.abs() <= 16, "{name}: {extra} samples longer than its source");
+    }
+}
