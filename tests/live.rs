@@ -36,10 +36,15 @@ fn fake_device_callback_reaches_the_recogniser_at_16k_mono() {
     let audio: Vec<f32> = rx.iter().flatten().collect();
     resampler.join().unwrap();
     assert_eq!(queue.dropped.load(Ordering::Relaxed), 0);
-    assert!((audio.len() as i64 - 32_000).abs() < 1100, "{} samples for 2 s", audio.len());
+    // Exactly 2 s, lined up with the tone: it starts at 0 and its first rising zero crossing is
+    // where the source's is, not the resampler's delay later.
+    assert_eq!(audio.len(), 32_000);
     let mid = &audio[4000..28000];
     let crossings = mid.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count();
     assert!((crossings as i64 - 1320).abs() <= 4, "{crossings} zero crossings in 1.5 s of 440 Hz");
+    let expected = |i: usize| 0.5 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16_000.0).sin();
+    let worst = (4000..28000).map(|i| (audio[i] - expected(i)).abs()).fold(0.0, f32::max);
+    assert!(worst < 0.01, "resampled tone off by up to {worst}");
 }
 
 #[test]

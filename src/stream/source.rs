@@ -176,10 +176,12 @@ pub fn start_replay(decoded: crate::audio::DecodedAudio, speed: f64, stop: Arc<A
 }
 
 /// Mix down and resample to 16 kHz in fixed blocks; sends chunks until the source finishes
-/// and the queue is drained, then drops the sender.
+/// and the queue is drained, then drops the sender. The output lines up with the input, as
+/// batch resampling's does: the resampler's delay is dropped at the start and flushed out at
+/// the end (kept in, every time stamp of a 44.1 kHz source was 5 ms late).
 pub fn start_resampler(queue: Arc<CaptureQueue>, out: Sender<Vec<f32>>) -> Result<JoinHandle<()>> {
     use rubato::audioadapter_buffers::direct::InterleavedSlice;
-    use rubato::{Fft, FixedSync, Indexing, Resampler};
+    use rubato::{Fft, FixedSync, Resampler};
     const BLOCK: usize = 1024;
     let (channels, rate) = (queue.channels.max(1), queue.rate);
     let mut resampler = if rate != crate::audio::TARGET_RATE {
@@ -193,23 +195,38 @@ pub fn start_resampler(queue: Arc<CaptureQueue>, out: Sender<Vec<f32>>) -> Resul
             let mut frame = Vec::with_capacity(channels);
             let mut mono = Vec::with_capacity(BLOCK);
             let mut out_buf = vec![0f32; resampler.as_ref().map_or(BLOCK, |r| r.output_frames_max())];
+            // Output frames still to drop (the resampler's delay), input frames taken in and
+            // output frames sent: the stream ends at its input's length at 16 kHz.
+            let mut delay_left = resampler.as_ref().map_or(0, |r| r.output_delay());
+            let (mut taken_in, mut sent) = (0usize, 0usize);
             let mut emit = |mono: &mut Vec<f32>, last: bool| -> bool {
                 let chunk = match resampler.as_mut() {
                     None => std::mem::take(mono),
                     Some(r) => {
-                        let n = mono.len();
-                        if n < BLOCK {
+                        taken_in += mono.len();
+                        let due = (taken_in as u128 * crate::audio::TARGET_RATE as u128).div_ceil(rate as u128) as usize;
+                        let mut chunk = Vec::with_capacity(out_buf.len());
+                        // The last block is padded with silence, and more silence pushes the
+                        // delayed end through until every due frame is out.
+                        loop {
                             mono.resize(BLOCK, 0.0);
+                            let input = InterleavedSlice::new(mono.as_slice(), 1, BLOCK).expect("block size");
+                            let out_frames = out_buf.len();
+                            let mut output = InterleavedSlice::new_mut(&mut out_buf, 1, out_frames).expect("output size");
+                            let (_, produced) = r.process_into_buffer(&input, &mut output, None).unwrap_or((0, 0));
+                            mono.clear();
+                            let dropped = delay_left.min(produced);
+                            delay_left -= dropped;
+                            chunk.extend_from_slice(&out_buf[dropped..produced]);
+                            if !last || produced == 0 || sent + chunk.len() >= due {
+                                break;
+                            }
                         }
-                        let input = InterleavedSlice::new(mono.as_slice(), 1, BLOCK).expect("block size");
-                        let out_frames = out_buf.len();
-                        let mut output = rubato::audioadapter_buffers::direct::InterleavedSlice::new_mut(&mut out_buf, 1, out_frames)
-                            .expect("output size");
-                        let indexing = if n < BLOCK { Some(Indexing::new().partial_len(n)) } else { None };
-                        let (_, produced) = r.process_into_buffer(&input, &mut output, indexing.as_ref()).unwrap_or((0, 0));
-                        mono.clear();
-                        let keep = if last && n < BLOCK { (produced * n).div_ceil(BLOCK) } else { produced };
-                        out_buf[..keep.min(produced)].to_vec()
+                        if last {
+                            chunk.truncate(due.saturating_sub(sent));
+                        }
+                        sent += chunk.len();
+                        chunk
                     }
                 };
                 chunk.is_empty() || out.send(chunk).is_ok()
@@ -229,9 +246,7 @@ pub fn start_resampler(queue: Arc<CaptureQueue>, out: Sender<Vec<f32>>) -> Resul
                 }
                 if !got {
                     if queue.finished.load(Ordering::Acquire) && queue.queue.is_empty() {
-                        if !mono.is_empty() {
-                            emit(&mut mono, true);
-                        }
+                        emit(&mut mono, true);
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(5));
