@@ -481,9 +481,9 @@ impl State<'_> {
             self.progress_at = self.buffer.end();
         }
         self.last_segment = segs.last().zip(tr.segments.last()).map(|((start, end, _), s)| (*start, *end, segment_words(s).len()));
-        let segment_words: Vec<(f64, usize)> =
+        let words_per_segment: Vec<(f64, usize)> =
             segs.iter().zip(&tr.segments).map(|((_, end, _), s)| (*end, segment_words(s).len())).collect();
-        self.cut = segment_cut(&segment_words, hypothesis_words - self.policy.partial().len());
+        self.cut = segment_cut(&words_per_segment, hypothesis_words - self.policy.partial().len());
         if let Some((at, still_in_buffer)) = self.cut {
             self.boundary = Some((at, self.policy.committed().len() - still_in_buffer));
         }
