@@ -457,10 +457,6 @@ struct TrainArgs {
     /// Weight of the encoder-output MSE term.
     #[arg(long, default_value_t = 1.0)]
     mse_weight: f64,
-    /// Distillation temperature of the KL term (both decoders' logits divided by it, the KL
-    /// scaled by its square).
-    #[arg(long, default_value_t = 1.0)]
-    kl_temperature: f64,
     /// MSE weight of padding frames relative to audio frames.
     #[arg(long, default_value_t = coda_asr::train::TrainOptions::DEFAULT_PAD_WEIGHT)]
     pad_weight: f64,
@@ -1241,7 +1237,6 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         warmup_steps: args.warmup_steps,
         kl_weight: args.kl_weight,
         mse_weight: args.mse_weight,
-        kl_temperature: args.kl_temperature,
         pad_weight: args.pad_weight,
         checkpoint_minutes: args.checkpoint_minutes,
         resume: args.resume,

@@ -41,9 +41,6 @@ pub struct TrainOptions {
     pub warmup_steps: usize,
     pub kl_weight: f64,
     pub mse_weight: f64,
-    /// Distillation temperature: both decoders' logits are divided by it in the KL, which is
-    /// then scaled by its square (Hinton et al. 2015); 1 until session 37.
-    pub kl_temperature: f64,
     pub pad_weight: f64,
     pub checkpoint_minutes: f64,
     pub resume: bool,
@@ -210,7 +207,6 @@ struct Distiller<'m> {
     mel: MelFrontend,
     teacher_layers: Vec<Arc<dyn EncoderBlock>>,
     pad_weight: f64,
-    kl_temperature: f64,
 }
 
 /// The losses of one example (scalar tensors, differentiable in the student's variables).
@@ -226,14 +222,13 @@ struct Distilled {
 }
 
 impl<'m> Distiller<'m> {
-    fn new(model: &'m WhisperModel, pad_weight: f64, kl_temperature: f64) -> Self {
+    fn new(model: &'m WhisperModel, pad_weight: f64) -> Self {
         Distiller {
             model,
             transcriber: Transcriber::new(model),
             mel: MelFrontend::new(model.config.num_mel_bins),
             teacher_layers: dense_stack(model),
             pad_weight,
-            kl_temperature,
         }
     }
 
@@ -262,8 +257,8 @@ impl<'m> Distiller<'m> {
             audio_frames: audio_mel_frames.div_ceil(2),
             block_frames: block / 2,
             encoded,
-            probabilities: candle_nn::ops::softmax(&(&logits / self.kl_temperature)?, D::Minus1)?,
-            log_probabilities: candle_nn::ops::log_softmax(&(&logits / self.kl_temperature)?, D::Minus1)?,
+            probabilities: candle_nn::ops::softmax(&logits, D::Minus1)?,
+            log_probabilities: candle_nn::ops::log_softmax(&logits, D::Minus1)?,
             top_tokens: logits.argmax(D::Minus1)?,
             forced,
             text_tokens,
@@ -286,9 +281,8 @@ impl<'m> Distiller<'m> {
         let logits = self.logits(&teaching.forced, &encoded)?;
         let agreeing_tokens =
             logits.argmax(D::Minus1)?.eq(&teaching.top_tokens)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
-        let log_probabilities = candle_nn::ops::log_softmax(&(&logits / self.kl_temperature)?, D::Minus1)?;
-        let kl = ((&teaching.probabilities * (&teaching.log_probabilities - log_probabilities)?)?.sum(D::Minus1)?.mean_all()?
-            * (self.kl_temperature * self.kl_temperature))?;
+        let log_probabilities = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let kl = (&teaching.probabilities * (&teaching.log_probabilities - log_probabilities)?)?.sum(D::Minus1)?.mean_all()?;
 
         // Encoder MSE over the encoded block (the cached padding is the same for both).
         let (audio_frames, block_frames) = (teaching.audio_frames, teaching.block_frames);
@@ -356,7 +350,7 @@ pub fn held_out_losses(
     let clips = load_clips(manifest)?;
     ensure!(!clips.is_empty(), "{}: no clips", manifest.display());
     let student = coda_stack(model, weights, false)?;
-    let distiller = Distiller::new(model, TrainOptions::DEFAULT_PAD_WEIGHT, 1.0);
+    let distiller = Distiller::new(model, TrainOptions::DEFAULT_PAD_WEIGHT);
     // Sums per r of KL × tokens, MSE, tokens and agreeing tokens; each clip is taught once.
     let mut sums = vec![(0.0, 0.0, 0, 0); reductions.len()];
     for clip in &clips {
@@ -475,7 +469,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
         "manifest": opts.manifest.display().to_string(),
         "seed": opts.seed, "lr": opts.lr,
         "lr_schedule": format!("{:?}", opts.lr_schedule).to_lowercase(), "warmup_steps": opts.warmup_steps,
-        "kl_weight": opts.kl_weight, "mse_weight": opts.mse_weight, "kl_temperature": opts.kl_temperature,
+        "kl_weight": opts.kl_weight, "mse_weight": opts.mse_weight,
         "pad_weight": opts.pad_weight, "max_minutes": opts.max_minutes,
         "max_steps": (opts.max_steps != usize::MAX).then_some(opts.max_steps),
         "clip_seconds": [opts.min_seconds, opts.max_seconds],
@@ -504,7 +498,7 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     let mut optimizer = adam(adapter_vars, opts.lr)?;
     let mut gate_optimizer = adam(gate_vars, opts.lr * GATE_LR_FACTOR)?;
     model.encoder.uninstall();
-    let distiller = Distiller::new(model, opts.pad_weight, opts.kl_temperature);
+    let distiller = Distiller::new(model, opts.pad_weight);
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("{}: cannot create", opts.out_dir.display()))?;
     let log_path = opts.out_dir.join("train_log.csv");
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;

@@ -474,7 +474,6 @@ fn a_short_training_run_lowers_the_loss() {
         warmup_steps: 0,
         kl_weight: 1.0,
         mse_weight: 1.0,
-        kl_temperature: 1.0,
         pad_weight: 0.1,
         checkpoint_minutes: 100.0,
         resume: false,
