@@ -288,19 +288,11 @@ fn decode_other(path: &Path) -> Result<DecodedAudio, AudioError> {
         return Err(AudioError::Corrupt { path: p, reason: "unknown channel count or sample rate".into() });
     }
     // MP4's edit list, which symphonia reads but does not apply (see `mp4_edits`).
-    if is_iso_media(path) {
-        let range = File::open(path).ok().and_then(|mut file| mp4_edits::played_range(&mut file, track_id as usize, sample_rate as u32));
-        if let Some(range) = range {
-            samples = range.apply(samples, channels);
-        }
+    let range = File::open(path).ok().and_then(|mut file| mp4_edits::played_range(&mut file, track_id as usize, sample_rate as u32));
+    if let Some(range) = range {
+        samples = range.apply(samples, channels);
     }
     Ok(DecodedAudio { samples, channels, sample_rate })
-}
-
-/// Whether `path` is an ISO base media file (MP4, M4A, MOV…): a `ftyp` box first.
-fn is_iso_media(path: &Path) -> bool {
-    let mut head = [0u8; 8];
-    File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head[4..8] == b"ftyp"
 }
 
 /// Average the channels of interleaved audio into one.

@@ -29,10 +29,17 @@ impl PlayedRange {
 }
 
 /// The played range of the track at `track_index` (its place among the `trak` boxes, which is
-/// symphonia's track id) of an ISO base media file, for samples decoded at `sample_rate`. None when the file has no edit list for it, or one this does not apply
-/// (several stretches of media, a rate other than 1, unreadable boxes): its samples play whole,
-/// as before.
+/// symphonia's track id) of an ISO base media file, for samples decoded at `sample_rate`.
+/// None when the file is not one (no `ftyp` box first), has no edit list for the track, or
+/// one this does not apply (several stretches of media, a rate other than 1, unreadable
+/// boxes): its samples play whole, as before.
 pub fn played_range(file: &mut (impl Read + Seek), track_index: usize, sample_rate: u32) -> Option<PlayedRange> {
+    let mut head = [0u8; 8];
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_exact(&mut head).ok()?;
+    if head[4..8] != *b"ftyp" {
+        return None;
+    }
     let moov = read_top_level_box(file, *b"moov")?;
     let movie_timescale = field_after_times(find_child(&moov, *b"mvhd")?)?;
     let (_, trak) = children(&moov).filter(|(kind, _)| kind == b"trak").nth(track_index)?;
@@ -220,6 +227,9 @@ mod tests {
         // Two stretches of media: played whole, as without a list.
         let file = movie(&elst_v0(&[(1000, 0), (1000, 88200)]), false);
         assert_eq!(played_range(&mut std::io::Cursor::new(&file), 0, 44100), None);
+        // Not ISO media at all (an MP3's ID3 tag first).
+        let mp3 = [b"ID3\x04\0\0\0\0\0\x0a".as_slice(), &[0; 64]].concat();
+        assert_eq!(played_range(&mut std::io::Cursor::new(&mp3), 0, 44100), None);
         // Truncated boxes are no list, not a panic.
         let file = movie(&elst_v0(&[(9655, 1024)]), false);
         for cut in [10, 60, file.len() - 20] {
