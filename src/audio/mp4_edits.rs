@@ -17,12 +17,15 @@ pub struct PlayedRange {
 }
 
 impl PlayedRange {
-    /// Apply the range to interleaved samples of `channels` channels.
+    /// Apply the range to interleaved samples of `channels` channels. Leading silence is capped
+    /// at the samples' own length: a damaged or hostile list must not make a file of seconds
+    /// allocate hours.
     pub fn apply(&self, samples: Vec<f32>, channels: usize) -> Vec<f32> {
         let frames = samples.len() / channels.max(1);
         let skip = (self.skip as usize).min(frames);
         let end = self.keep.map_or(frames, |keep| skip.saturating_add(keep as usize).min(frames));
-        let mut out = vec![0.0; self.silence as usize * channels];
+        let silence = (self.silence as usize).min(frames);
+        let mut out = vec![0.0; silence * channels];
         out.extend_from_slice(&samples[skip * channels..end * channels]);
         out
     }
@@ -61,7 +64,10 @@ fn range_of(edits: &[Edit], movie_timescale: u32, media_timescale: u32, sample_r
     if movie_timescale == 0 || media_timescale == 0 {
         return None;
     }
-    let frames = |t: u64, timescale: u32| (t as u128 * sample_rate as u128 + timescale as u128 / 2) / timescale as u128;
+    let frames = |t: u64, timescale: u32| {
+        let frames = (t as u128 * sample_rate as u128 + timescale as u128 / 2) / timescale as u128;
+        u64::try_from(frames).unwrap_or(u64::MAX)
+    };
     let empty = edits.iter().take_while(|e| e.media_time == -1).count();
     let played = &edits[empty..];
     // One stretch of media played at rate 1 (16.16 fixed point): what encoders write.
@@ -69,12 +75,12 @@ fn range_of(edits: &[Edit], movie_timescale: u32, media_timescale: u32, sample_r
     if edit.media_time < 0 || edit.rate != 1 << 16 {
         return None;
     }
-    let silence: u64 = edits[..empty].iter().map(|e| frames(e.duration, movie_timescale) as u64).sum();
+    let silence = edits[..empty].iter().fold(0u64, |sum, e| sum.saturating_add(frames(e.duration, movie_timescale)));
     Some(PlayedRange {
         silence,
-        skip: frames(edit.media_time as u64, media_timescale) as u64,
+        skip: frames(edit.media_time as u64, media_timescale),
         // A duration of 0 plays the media to its end.
-        keep: (edit.duration > 0).then(|| frames(edit.duration, movie_timescale) as u64),
+        keep: (edit.duration > 0).then(|| frames(edit.duration, movie_timescale)),
     })
 }
 
@@ -244,5 +250,7 @@ mod tests {
         assert_eq!(range.apply(samples.clone(), 2), vec![0.0, 0.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
         // A range past the samples keeps what there is.
         assert_eq!(PlayedRange { silence: 0, skip: 8, keep: Some(100) }.apply(samples, 2), vec![16.0, 17.0, 18.0, 19.0]);
+        // Silence longer than the audio is capped at its length.
+        assert_eq!(PlayedRange { silence: u64::MAX, skip: 0, keep: None }.apply(vec![1.0, 2.0], 1), vec![0.0, 0.0, 1.0, 2.0]);
     }
 }
