@@ -478,10 +478,16 @@ struct TrainArgs {
     /// How heavy frames are picked: `grid` (evenly spaced, skipped frames get interpolated
     /// updates), `pooled-grid` (the same, with the heavy layer run on the mean of each grid
     /// frame's stretch of r frames), `pooled-grid-fine-context` (the same, with keys and values
-    /// pooled over stretches of r / 2 frames) or `top-k` (the paper's learned router). Default: grid
+    /// pooled over stretches of r / 2 frames), `pooled-segments` (pooled over stretches cut
+    /// where the sound changes, as many as the grid's) or `top-k` (the paper's learned
+    /// router). Default: grid
     /// for fresh adapters; with --resume the checkpoint's routing unless given.
     #[arg(long, value_enum)]
     routing: Option<RoutingArg>,
+    /// With `pooled-segments` routing: the largest r whose stretches are cut by content; above
+    /// it the layers pool on the grid (default: every r; with --resume, the checkpoint's).
+    #[arg(long, value_parser = parse_reduction)]
+    segments_up_to: Option<f64>,
     /// Layers that run at a lower reduction than the call's r, as LAYER:SCALE pairs: layer 0:0.5
     /// runs at max(1, r / 2). With --resume, --layers may add layers (their adapters start fresh).
     #[arg(long, value_delimiter = ',', value_parser = parse_layer_scale)]
@@ -580,6 +586,7 @@ enum RoutingArg {
     Grid,
     PooledGrid,
     PooledGridFineContext,
+    PooledSegments,
     TopK,
 }
 
@@ -1244,10 +1251,12 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         bottleneck: args.bottleneck,
         reductions: args.reductions.clone(),
         reduction_scale: args.layer_reduction_scale.clone(),
+        segments_up_to: args.segments_up_to,
         routing: args.routing.map(|routing| match routing {
             RoutingArg::Grid => coda_asr::model::coda::Routing::Grid,
             RoutingArg::PooledGrid => coda_asr::model::coda::Routing::PooledGrid,
             RoutingArg::PooledGridFineContext => coda_asr::model::coda::Routing::PooledGridFineContext,
+            RoutingArg::PooledSegments => coda_asr::model::coda::Routing::PooledSegments,
             RoutingArg::TopK => coda_asr::model::coda::Routing::TopK,
         }),
         timestamp_share: args.timestamp_share,

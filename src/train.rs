@@ -54,6 +54,8 @@ pub struct TrainOptions {
     pub routing: Option<Routing>,
     /// Layers to run at a lower reduction, (layer, scale): see `CodaConfig::reduction_scale`.
     pub reduction_scale: Vec<(usize, f64)>,
+    /// See `CodaConfig::segments_up_to`; None keeps the checkpoint's (fresh adapters: every r).
+    pub segments_up_to: Option<f64>,
     /// Share of steps whose teacher transcript carries timestamp tokens (the rest decode with
     /// <|notimestamps|>). Transcription decodes with timestamps by default, so 1.0 distils what
     /// inference runs; runs before session 13 used 0.0.
@@ -463,6 +465,9 @@ pub fn train(model: &mut WhisperModel, opts: &TrainOptions, progress: &mut dyn F
     ensure!(weights.config.base_model_sha256 == base_sha, "checkpoint was trained on another base model");
     let mut weights = weights;
     weights.config.reduction_scale.extend(opts.reduction_scale.iter().copied());
+    if opts.segments_up_to.is_some() {
+        weights.config.segments_up_to = opts.segments_up_to;
+    }
     // A resumed run keeps the record of what it started from.
     let resumed_from = (opts.resume && !weights.config.training.is_null()).then(|| weights.config.training.clone());
     weights.config.training = serde_json::json!({

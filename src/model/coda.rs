@@ -53,12 +53,18 @@ pub enum Routing {
     /// means of stretches of r / 2 frames (every frame when r ≤ 2), twice as many as its
     /// queries; the queries, the residual and the FFN stay on the k pooled frames.
     PooledGridFineContext,
+    /// As `PooledGrid`, but every [`SEGMENT_BLOCK`] consecutive grid stretches are cut again
+    /// where the layer's input changes (as many stretches, the least sum of squares within
+    /// them), so a pooled frame stands for a steady stretch of sound rather than a fixed
+    /// 20·r ms, and the heavy attention weighs each pooled frame by its length.
+    PooledSegments,
 }
 
 impl Routing {
-    /// Grid-like routings: data-independent heavy frames, interpolated updates.
+    /// Grid-like routings: one heavy frame per stretch of about r frames, updates
+    /// interpolated between them, no router.
     pub fn is_grid(self) -> bool {
-        matches!(self, Routing::Grid | Routing::PooledGrid | Routing::PooledGridFineContext)
+        matches!(self, Routing::Grid | Routing::PooledGrid | Routing::PooledGridFineContext | Routing::PooledSegments)
     }
 }
 
@@ -92,6 +98,12 @@ pub struct CodaConfig {
     /// frames and loses the most when reduced, and it is half of the encoder's work at r = 4.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub reduction_scale: std::collections::BTreeMap<usize, f64>,
+    /// With [`Routing::PooledSegments`], the largest r (the call's) that cuts stretches by
+    /// content; above it the layers pool on the grid (absent: every r). Cut by content, r = 2
+    /// came a quarter closer to the dense model in held-out KL, and r = 4 moved away from it
+    /// (README, CoDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments_up_to: Option<f64>,
     pub base_model: String,
     pub base_model_sha256: String,
     #[serde(default)]
@@ -112,6 +124,7 @@ impl CodaConfig {
             routing: Routing::Grid,
             budget_gates: true,
             reduction_scale: Default::default(),
+            segments_up_to: None,
             base_model: base_model.to_string(),
             base_model_sha256: base_model_sha256.to_string(),
             training: serde_json::Value::Null,
@@ -220,7 +233,7 @@ pub fn add_heavy_update(dense: &DenseLayer, xb: &Tensor, base: &Tensor, idx: &Te
 /// dense encoder 5 %); the later layers take the grid well.
 pub fn default_layers(routing: Routing, encoder_layers: usize) -> Vec<usize> {
     match routing {
-        Routing::Grid | Routing::PooledGrid | Routing::PooledGridFineContext => (1..encoder_layers).collect(),
+        Routing::Grid | Routing::PooledGrid | Routing::PooledGridFineContext | Routing::PooledSegments => (1..encoder_layers).collect(),
         Routing::TopK => (0..encoder_layers).collect(),
     }
 }
@@ -251,27 +264,34 @@ pub struct Interpolation {
 
 impl Interpolation {
     pub fn new(selected: &[u32], n: usize) -> Self {
+        Self::at(&selected.iter().map(|&i| i as f32).collect::<Vec<_>>(), n)
+    }
+
+    /// As [`Interpolation::new`] for updates that sit at `positions` (increasing, in frames,
+    /// possibly between frames: the centres of [`Routing::PooledSegments`]' stretches).
+    pub fn at(positions: &[f32], n: usize) -> Self {
         let mut plan = Self {
             left: Vec::with_capacity(n),
             right: Vec::with_capacity(n),
             left_weight: Vec::with_capacity(n),
             right_weight: Vec::with_capacity(n),
         };
-        let last = selected.len().saturating_sub(1);
-        let mut next = 0usize; // first position whose frame is ≥ i
-        for i in 0..n as u32 {
-            while next < selected.len() && selected[next] < i {
+        let last = positions.len().saturating_sub(1);
+        let mut next = 0usize; // first position ≥ i
+        for i in 0..n {
+            let i = i as f32;
+            while next < positions.len() && positions[next] < i {
                 next += 1;
             }
-            let (l, r, t) = if next < selected.len() && selected[next] == i {
+            let (l, r, t) = if next < positions.len() && positions[next] == i {
                 (next, next, 0.0)
             } else if next == 0 {
                 (0, 0, 0.0)
-            } else if next == selected.len() {
+            } else if next == positions.len() {
                 (last, last, 0.0)
             } else {
-                let (p, q) = (selected[next - 1] as f32, selected[next] as f32);
-                (next - 1, next, (i as f32 - p) / (q - p))
+                let (p, q) = (positions[next - 1], positions[next]);
+                (next - 1, next, (i - p) / (q - p))
             };
             plan.left.push(l as u32);
             plan.right.push(r as u32);
@@ -358,10 +378,13 @@ pub fn grid_stretches(n: usize, r: f64) -> Vec<(usize, usize)> {
 /// index_select per offset inside a stretch (at most ceil(r) of them), so it costs O(n·d)
 /// and trains like any other tensor op.
 pub fn pool_stretches(x: &Tensor, r: f64) -> Result<Tensor> {
-    let n = x.dim(1)?;
-    let stretches = grid_stretches(n, r);
+    pool_over(x, &grid_stretches(x.dim(1)?, r))
+}
+
+/// The mean of each of the given stretches of x [b, n, d] → [b, stretches, d].
+pub fn pool_over(x: &Tensor, stretches: &[(usize, usize)]) -> Result<Tensor> {
     if on_host(x) {
-        return pool_on_host(x, &stretches);
+        return pool_on_host(x, stretches);
     }
     let longest = stretches.iter().map(|(a, b)| b - a).max().unwrap_or(1);
     let mut pooled: Option<Tensor> = None;
@@ -402,6 +425,9 @@ fn pool_on_host(x: &Tensor, stretches: &[(usize, usize)]) -> Result<Tensor> {
 /// every sequence for reduction factor r (one batched call), or on the means of their
 /// stretches with the pooled routings, and `base` gets the interpolated updates.
 pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, routing: Routing) -> Result<Tensor> {
+    if routing == Routing::PooledSegments {
+        return add_segment_update(dense, x, base, r);
+    }
     let n = x.dim(1)?;
     let selected = grid_frames(n, r);
     let (sel, heavy) = match routing {
@@ -417,7 +443,7 @@ pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, ro
             let heavy = dense.run_attending(&sel, &context)?;
             (sel, heavy)
         }
-        Routing::Grid | Routing::TopK => {
+        Routing::Grid | Routing::TopK | Routing::PooledSegments => {
             let sel = x.index_select(&Tensor::new(selected.as_slice(), x.device())?, 1)?;
             let heavy = dense.run(&sel)?;
             (sel, heavy)
@@ -425,6 +451,132 @@ pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, ro
     };
     let delta = (heavy - &sel)?;
     Interpolation::new(&selected, n).add_to(base, &delta)
+}
+
+/// Grid stretches cut again per block by [`Routing::PooledSegments`]: 8 of 20·r ms each is
+/// 0.64 s at r = 4, about as many as the phones spoken in it, and a block is short enough for
+/// an exact cut. Blocks start where grid stretches do, so a frame's stretch depends only on
+/// the frames of its own block: a streaming buffer that grows changes its last block only.
+pub const SEGMENT_BLOCK: usize = 8;
+
+/// [`Routing::PooledSegments`]' stretches of one sequence x ([n, d], row-major) at r: each
+/// block of [`SEGMENT_BLOCK`] grid stretches cut into as many stretches, with the least sum of
+/// squared distances of frames from their stretch's mean. Same count as [`grid_stretches`].
+pub fn content_stretches(x: &[f32], d: usize, r: f64) -> Vec<(usize, usize)> {
+    let n = x.len() / d;
+    let grid = grid_stretches(n, r);
+    let mut out = Vec::with_capacity(grid.len());
+    for block in grid.chunks(SEGMENT_BLOCK) {
+        let (start, end) = (block[0].0, block[block.len() - 1].1);
+        out.extend(cut_block(&x[start * d..end * d], d, block.len()).into_iter().map(|(a, b)| (start + a, start + b)));
+    }
+    out
+}
+
+/// Multiply-adds of [`content_stretches`] (the pair costs dominate), for the FLOP count.
+pub fn content_stretches_flops(n: usize, d: usize, r: f64) -> f64 {
+    let grid = grid_stretches(n, r);
+    let pairs: usize = grid
+        .chunks(SEGMENT_BLOCK)
+        .map(|block| {
+            let len = block[block.len() - 1].1 - block[0].0;
+            len * (len + 1) / 2
+        })
+        .sum();
+    2.0 * (pairs * d + 2 * n * d) as f64
+}
+
+/// The m stretches of the frames of x ([len, d]) with the least total within-stretch sum of
+/// squares: exact, by dynamic programming over cut points on prefix sums (f64, since a sum of
+/// squares minus a squared sum cancels most of its digits).
+fn cut_block(x: &[f32], d: usize, m: usize) -> Vec<(usize, usize)> {
+    let len = x.len() / d;
+    if m >= len {
+        return (0..len).map(|i| (i, i + 1)).collect();
+    }
+    let mut sum = vec![0f64; (len + 1) * d];
+    let mut squares = vec![0f64; len + 1];
+    for i in 0..len {
+        let (done, next) = sum.split_at_mut((i + 1) * d);
+        let mut sq = 0.0;
+        for ((s, &prev), &v) in next[..d].iter_mut().zip(&done[i * d..]).zip(&x[i * d..(i + 1) * d]) {
+            let v = v as f64;
+            *s = prev + v;
+            sq += v * v;
+        }
+        squares[i + 1] = squares[i] + sq;
+    }
+    // cost[a * (len + 1) + b]: frames [a, b) as one stretch.
+    let mut cost = vec![0f64; len * (len + 1)];
+    for a in 0..len {
+        for b in a + 1..=len {
+            let (sa, sb) = (&sum[a * d..(a + 1) * d], &sum[b * d..(b + 1) * d]);
+            let squared_sum = squared_distance(sa, sb);
+            cost[a * (len + 1) + b] = squares[b] - squares[a] - squared_sum / (b - a) as f64;
+        }
+    }
+    // best[s][j]: least cost of frames [0, j) as s stretches; from[s][j]: where the last begins.
+    let mut best = vec![f64::INFINITY; (m + 1) * (len + 1)];
+    let mut from = vec![0usize; (m + 1) * (len + 1)];
+    best[0] = 0.0;
+    for s in 1..=m {
+        // s stretches need s frames before them and leave m − s frames for the rest.
+        for j in s..=len - (m - s) {
+            for a in s - 1..j {
+                let c = best[(s - 1) * (len + 1) + a] + cost[a * (len + 1) + j];
+                if c < best[s * (len + 1) + j] {
+                    best[s * (len + 1) + j] = c;
+                    from[s * (len + 1) + j] = a;
+                }
+            }
+        }
+    }
+    let mut stretches = vec![(0, 0); m];
+    let mut end = len;
+    for s in (1..=m).rev() {
+        let start = from[s * (len + 1) + end];
+        stretches[s - 1] = (start, end);
+        end = start;
+    }
+    stretches
+}
+
+/// |q − p|², summed in 8 lanes so that it compiles to vector instructions (a plain sum must
+/// keep its order and stays scalar): the pair costs are most of a cut's work.
+fn squared_distance(p: &[f64], q: &[f64]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (p8, q8) = (p.chunks_exact(8), q.chunks_exact(8));
+    let tail: f64 = p8.remainder().iter().zip(q8.remainder()).map(|(&a, &b)| (b - a) * (b - a)).sum();
+    for (p, q) in p8.zip(q8) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(p).zip(q) {
+            *lane += (b - a) * (b - a);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// [`Routing::PooledSegments`] for a batch x [b, n, d]: each sequence's stretches from its own
+/// frames, the heavy layer on their means with each mean's keys counted as often as it has
+/// frames (ln(length) added to its attention logits, as token merging's proportional
+/// attention: the softmax then weighs a stretch of like frames as the dense layer would), and
+/// the updates interpolated from the stretches' centres onto `base`. The cut is not
+/// differentiable; training's gradient flows through the means as on the pooled grid.
+pub fn add_segment_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64) -> Result<Tensor> {
+    let (batch, n, d) = x.dims3()?;
+    let cuts: Vec<Vec<(usize, usize)>> = with_host_f32(&x.detach().to_dtype(DType::F32)?, |host| {
+        host.chunks_exact(n * d).map(|seq| content_stretches(seq, d, r)).collect()
+    })?;
+    let mut rows = Vec::with_capacity(batch);
+    for (bi, stretches) in cuts.iter().enumerate() {
+        let xb = x.narrow(0, bi, 1)?;
+        let sel = pool_over(&xb, stretches)?;
+        let lengths: Vec<f32> = stretches.iter().map(|&(a, b)| ((b - a) as f32).ln()).collect();
+        let bias = Tensor::from_vec(lengths, (1, 1, 1, stretches.len()), x.device())?.to_dtype(x.dtype())?;
+        let delta = (dense.run_with_key_bias(&sel, Some(&bias))? - &sel)?;
+        let centres: Vec<f32> = stretches.iter().map(|&(a, b)| (a + b - 1) as f32 / 2.0).collect();
+        rows.push(Interpolation::at(&centres, n).add_to(&base.narrow(0, bi, 1)?, &delta)?);
+    }
+    Ok(if rows.len() == 1 { rows.pop().expect("one row") } else { Tensor::cat(&rows, 0)? })
 }
 
 /// The trainable parts of one conditional layer.
@@ -512,6 +664,8 @@ pub struct CodaLayer {
     pub routing: Routing,
     /// This layer runs at max(1, r × reduction_scale) (see [`CodaConfig::reduction_scale`]).
     pub reduction_scale: f64,
+    /// See [`CodaConfig::segments_up_to`].
+    pub segments_up_to: Option<f64>,
 }
 
 impl CodaLayer {
@@ -553,16 +707,20 @@ impl CodaLayer {
             return Ok((self.dense.run(x)?, BlockStats { heavy_frames: n, flops }));
         }
         let light = (x + self.adapter.light(x, gate_r)?)?;
-        if self.routing.is_grid() {
-            // Data-independent, so the same on every device. No router; pooling costs what
-            // the router would have (one multiply-add per frame and channel), twice over when
-            // the keys and values are pooled too.
-            let flops = match self.routing {
+        let routing = match (self.routing, self.segments_up_to) {
+            (Routing::PooledSegments, Some(most)) if gate_r > most => Routing::PooledGrid,
+            (routing, _) => routing,
+        };
+        if routing.is_grid() {
+            // No router; pooling costs what the router would have (one multiply-add per frame
+            // and channel), twice over when the keys and values are pooled too.
+            let flops = match routing {
                 Routing::PooledGrid => flops,
+                Routing::PooledSegments => flops + batch as f64 * content_stretches_flops(n, d, opts.reduction),
                 Routing::PooledGridFineContext => flops + batch as f64 * 2.0 * n as f64 * d as f64,
                 _ => flops - batch as f64 * 2.0 * n as f64 * d as f64,
             };
-            return Ok((add_grid_update(&self.dense, x, &light, opts.reduction, self.routing)?, BlockStats { heavy_frames: k, flops }));
+            return Ok((add_grid_update(&self.dense, x, &light, opts.reduction, routing)?, BlockStats { heavy_frames: k, flops }));
         }
         let scores = self.adapter.scores(x)?;
         let mut rows = Vec::with_capacity(batch);
@@ -761,6 +919,7 @@ impl CodaWeights {
                         bottleneck: self.config.bottleneck,
                         routing: self.config.routing,
                         reduction_scale: self.config.reduction_scale_of(l),
+                        segments_up_to: self.config.segments_up_to,
                     },
                 ))
             })

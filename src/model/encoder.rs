@@ -122,18 +122,25 @@ impl DenseLayer {
 
     /// The full layer on all frames of x; attention sees exactly the frames given.
     pub fn run(&self, x: &Tensor) -> Result<Tensor> {
+        self.run_with_key_bias(x, None)
+    }
+
+    /// [`DenseLayer::run`] with `key_bias` [1, 1, 1, n] added to every attention logit of
+    /// each key (pooled frames weighed by how many frames they stand for).
+    pub fn run_with_key_bias(&self, x: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
         let d = self.d;
         let qkv = self.qkv.forward(&self.attn_ln.forward(x)?)?;
         let q = split_heads(&qkv.narrow(2, 0, d)?, self.heads)?;
         let k = split_heads(&qkv.narrow(2, d, d)?, self.heads)?;
         let v = split_heads(&qkv.narrow(2, 2 * d, d)?, self.heads)?;
-        self.attend_then_mlp(x, &q, &k, &v)
+        self.attend_then_mlp(x, &q, &k, &v, key_bias)
     }
 
     /// The rest of the layer once queries, keys and values [b, heads, n, dh] are projected:
-    /// attention, output projection and residual on x, then the MLP.
-    fn attend_then_mlp(&self, x: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let a = self.out.forward(&merge_heads(&attention(q, k, v, None)?)?)?;
+    /// attention (plus `key_bias` on its logits), output projection and residual on x, then
+    /// the MLP.
+    fn attend_then_mlp(&self, x: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
+        let a = self.out.forward(&merge_heads(&attention(q, k, v, key_bias)?)?)?;
         let x = (x + a)?;
         Ok((&x + self.mlp.forward(&x)?)?)
     }
@@ -150,7 +157,7 @@ impl DenseLayer {
         let kv = kv_proj.forward(&self.attn_ln.forward(context)?)?;
         let k = split_heads(&kv.narrow(2, 0, d)?, self.heads)?;
         let v = split_heads(&kv.narrow(2, d, d)?, self.heads)?;
-        self.attend_then_mlp(x, &q, &k, &v)
+        self.attend_then_mlp(x, &q, &k, &v, None)
     }
 
     pub fn set_gelu(&mut self, gelu: Gelu) {
