@@ -423,7 +423,8 @@ fn pool_on_host(x: &Tensor, stretches: &[(usize, usize)]) -> Result<Tensor> {
 
 /// Grid routing for a whole batch x [b, n, d]: the heavy layer runs on the grid frames of
 /// every sequence for reduction factor r (one batched call), or on the means of their
-/// stretches with the pooled routings, and `base` gets the interpolated updates.
+/// stretches with the pooled routings, and `base` gets the interpolated updates. Stretches cut
+/// by content ([`Routing::PooledSegments`]) differ per sequence: [`add_segment_update`].
 pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, routing: Routing) -> Result<Tensor> {
     if routing == Routing::PooledSegments {
         return add_segment_update(dense, x, base, r);
@@ -453,9 +454,9 @@ pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, ro
     Interpolation::new(&selected, n).add_to(base, &delta)
 }
 
-/// Grid stretches cut again per block by [`Routing::PooledSegments`]: 8 of 20·r ms each is
-/// 0.64 s at r = 4, about as many as the phones spoken in it, and a block is short enough for
-/// an exact cut. Blocks start where grid stretches do, so a frame's stretch depends only on
+/// Grid stretches cut again per block by [`Routing::PooledSegments`]: 8 of 20·r ms each (0.32 s
+/// at r = 2, 0.64 s at r = 4, where they are about as many as the phones spoken), short enough
+/// for an exact cut. Blocks start where grid stretches do, so a frame's stretch depends only on
 /// the frames of its own block: a streaming buffer that grows changes its last block only.
 pub const SEGMENT_BLOCK: usize = 8;
 
