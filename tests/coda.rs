@@ -273,8 +273,14 @@ fn a_pooled_frame_weighed_by_its_length_attends_as_its_repeated_frames_would() {
     let weighed = dense.run_with_key_bias(&distinct, Some(&bias)).unwrap();
     let first_of_each: Vec<u32> = lengths.iter().scan(0u32, |at, &l| Some(std::mem::replace(at, *at + l as u32))).collect();
     let full = dense.run(&repeated).unwrap().index_select(&Tensor::new(first_of_each.as_slice(), &Device::Cpu).unwrap(), 1).unwrap();
-    let diff = (weighed - full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (&weighed - full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-4, "{diff}");
+    // Inference adds the bias inside its softmax pass; training (a tracked input) broadcasts
+    // it as a tensor op. Both compute the same layer.
+    let tracked = Var::from_tensor(&distinct).unwrap();
+    let trained = dense.run_with_key_bias(tracked.as_tensor(), Some(&bias)).unwrap();
+    let diff = (&weighed - trained).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-5, "{diff}");
 }
 
 #[test]

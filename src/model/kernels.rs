@@ -213,6 +213,34 @@ impl InplaceOp1 for FastSoftmax {
     }
 }
 
+/// [`FastSoftmax`] after adding `bias[j]` to every row's j-th value (a per-key attention bias),
+/// in the same pass: the bias broadcast as a tensor op costs a pass and a buffer of its own.
+struct FastBiasedSoftmax<'a> {
+    bias: &'a [f32],
+}
+
+impl InplaceOp1 for FastBiasedSoftmax<'_> {
+    fn name(&self) -> &'static str {
+        "fast-biased-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let dim = layout.dims().last().copied().unwrap_or(1).max(1);
+        if self.bias.len() != dim {
+            candle_core::bail!("softmax bias of {} for rows of {dim}", self.bias.len());
+        }
+        let data = contiguous_f32_mut(storage, layout)?;
+        let rows_per_task = (16_384 / dim).max(1);
+        data.par_chunks_mut(dim * rows_per_task).for_each(|block| {
+            block.chunks_mut(dim).for_each(|row| {
+                row.iter_mut().zip(self.bias).for_each(|(v, &b)| *v += b);
+                softmax_row(row)
+            })
+        });
+        Ok(())
+    }
+}
+
 struct FastGelu;
 
 impl InplaceOp1 for FastGelu {
@@ -238,6 +266,18 @@ pub fn softmax_last_dim(x: Tensor) -> Result<Tensor> {
         Ok(x)
     } else {
         candle_nn::ops::softmax_last_dim(&x)
+    }
+}
+
+/// softmax(x + bias) over the last dimension, `bias` one value per position of it; consumes `x`
+/// like [`softmax_last_dim`].
+pub fn softmax_last_dim_with_bias(x: Tensor, bias: &[f32]) -> Result<Tensor> {
+    if use_fast_path(&x) {
+        x.inplace_op1(&FastBiasedSoftmax { bias })?;
+        Ok(x)
+    } else {
+        let bias = Tensor::from_slice(bias, bias.len(), x.device())?.to_dtype(x.dtype())?;
+        candle_nn::ops::softmax_last_dim(&x.broadcast_add(&bias)?)
     }
 }
 

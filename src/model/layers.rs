@@ -115,16 +115,26 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
     let q = (q * (1.0 / (dh as f64).sqrt()))?;
     let per_head = n_q * n_k;
     let group = (MAX_SCORE_ELEMENTS / per_head.max(1)).clamp(1, heads);
+    // A per-key bias ([1, 1, 1, n_k]) is added inside the softmax pass when no gradient is
+    // tracked, rather than broadcast over every score as a tensor op of its own.
+    let key_bias: Option<Vec<f32>> = match mask {
+        Some(m) if m.dims() == [1, 1, 1, n_k] && !q.track_op() && !k.track_op() => {
+            Some(m.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
+        }
+        _ => None,
+    };
     let mut outs = Vec::with_capacity(heads.div_ceil(group));
     for h0 in (0..heads).step_by(group) {
         let g = group.min(heads - h0);
         let (qh, kh, vh) = (q.narrow(1, h0, g)?, k.narrow(1, h0, g)?, v.narrow(1, h0, g)?);
         let mut scores = qh.matmul(&kh.t()?)?;
-        if let Some(mask) = mask {
+        if let (Some(mask), None) = (mask, &key_bias) {
             scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
         }
         let weights = if scores.track_op() {
             candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else if let Some(bias) = &key_bias {
+            super::kernels::softmax_last_dim_with_bias(scores, bias)?
         } else {
             super::kernels::softmax_last_dim(scores)?
         };
