@@ -426,12 +426,10 @@ fn pool_on_host(x: &Tensor, stretches: &[(usize, usize)]) -> Result<Tensor> {
 /// stretches with the pooled routings, and `base` gets the interpolated updates. Stretches cut
 /// by content ([`Routing::PooledSegments`]) differ per sequence: [`add_segment_update`].
 pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, routing: Routing) -> Result<Tensor> {
-    if routing == Routing::PooledSegments {
-        return add_segment_update(dense, x, base, r);
-    }
     let n = x.dim(1)?;
     let selected = grid_frames(n, r);
     let (sel, heavy) = match routing {
+        Routing::PooledSegments => return add_segment_update(dense, x, base, r),
         Routing::PooledGrid => {
             let sel = pool_stretches(x, r)?;
             let heavy = dense.run(&sel)?;
@@ -444,7 +442,7 @@ pub fn add_grid_update(dense: &DenseLayer, x: &Tensor, base: &Tensor, r: f64, ro
             let heavy = dense.run_attending(&sel, &context)?;
             (sel, heavy)
         }
-        Routing::Grid | Routing::TopK | Routing::PooledSegments => {
+        Routing::Grid | Routing::TopK => {
             let sel = x.index_select(&Tensor::new(selected.as_slice(), x.device())?, 1)?;
             let heavy = dense.run(&sel)?;
             (sel, heavy)
