@@ -195,45 +195,30 @@ fn contiguous_f32_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Resul
 }
 
 /// Softmax over the last dimension, in place (a fresh 54 MB copy per layer would cost more in
-/// page faults than the arithmetic).
-struct FastSoftmax;
+/// page faults than the arithmetic), after adding `bias[j]` to every row's j-th value when
+/// there is one (a per-key attention bias, in the same pass rather than as a tensor op).
+struct FastSoftmax<'a> {
+    bias: Option<&'a [f32]>,
+}
 
-impl InplaceOp1 for FastSoftmax {
+impl InplaceOp1 for FastSoftmax<'_> {
     fn name(&self) -> &'static str {
         "fast-softmax-last-dim"
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
         let dim = layout.dims().last().copied().unwrap_or(1).max(1);
+        if let Some(bias) = self.bias.filter(|b| b.len() != dim) {
+            candle_core::bail!("softmax bias of {} for rows of {dim}", bias.len());
+        }
         let data = contiguous_f32_mut(storage, layout)?;
         // Rows are independent: split them across the worker threads in large blocks.
         let rows_per_task = (16_384 / dim).max(1);
-        data.par_chunks_mut(dim * rows_per_task).for_each(|block| block.chunks_mut(dim).for_each(softmax_row));
-        Ok(())
-    }
-}
-
-/// [`FastSoftmax`] after adding `bias[j]` to every row's j-th value (a per-key attention bias),
-/// in the same pass: the bias broadcast as a tensor op costs a pass and a buffer of its own.
-struct FastBiasedSoftmax<'a> {
-    bias: &'a [f32],
-}
-
-impl InplaceOp1 for FastBiasedSoftmax<'_> {
-    fn name(&self) -> &'static str {
-        "fast-biased-softmax-last-dim"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let dim = layout.dims().last().copied().unwrap_or(1).max(1);
-        if self.bias.len() != dim {
-            candle_core::bail!("softmax bias of {} for rows of {dim}", self.bias.len());
-        }
-        let data = contiguous_f32_mut(storage, layout)?;
-        let rows_per_task = (16_384 / dim).max(1);
         data.par_chunks_mut(dim * rows_per_task).for_each(|block| {
             block.chunks_mut(dim).for_each(|row| {
-                row.iter_mut().zip(self.bias).for_each(|(v, &b)| *v += b);
+                if let Some(bias) = self.bias {
+                    row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+                }
                 softmax_row(row)
             })
         });
@@ -262,7 +247,7 @@ fn use_fast_path(x: &Tensor) -> bool {
 /// buffer, so the caller must not hold other views of it.
 pub fn softmax_last_dim(x: Tensor) -> Result<Tensor> {
     if use_fast_path(&x) {
-        x.inplace_op1(&FastSoftmax)?;
+        x.inplace_op1(&FastSoftmax { bias: None })?;
         Ok(x)
     } else {
         candle_nn::ops::softmax_last_dim(&x)
@@ -273,7 +258,7 @@ pub fn softmax_last_dim(x: Tensor) -> Result<Tensor> {
 /// like [`softmax_last_dim`].
 pub fn softmax_last_dim_with_bias(x: Tensor, bias: &[f32]) -> Result<Tensor> {
     if use_fast_path(&x) {
-        x.inplace_op1(&FastBiasedSoftmax { bias })?;
+        x.inplace_op1(&FastSoftmax { bias: Some(bias) })?;
         Ok(x)
     } else {
         let bias = Tensor::from_slice(bias, bias.len(), x.device())?.to_dtype(x.dtype())?;

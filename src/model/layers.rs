@@ -115,10 +115,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
     let q = (q * (1.0 / (dh as f64).sqrt()))?;
     let per_head = n_q * n_k;
     let group = (MAX_SCORE_ELEMENTS / per_head.max(1)).clamp(1, heads);
-    // A per-key bias ([1, 1, 1, n_k]) is added inside the softmax pass when no gradient is
-    // tracked, rather than broadcast over every score as a tensor op of its own.
+    // A per-key bias ([1, 1, 1, n_k]) is added inside the CPU softmax pass when no gradient is
+    // tracked, rather than broadcast over every score as a tensor op of its own (on a GPU it
+    // stays there, with the scores).
     let key_bias: Option<Vec<f32>> = match mask {
-        Some(m) if m.dims() == [1, 1, 1, n_k] && !q.track_op() && !k.track_op() => {
+        Some(m) if m.dims() == [1, 1, 1, n_k] && q.device().is_cpu() && !q.track_op() && !k.track_op() => {
             Some(m.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
         }
         _ => None,
